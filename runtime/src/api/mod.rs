@@ -1,0 +1,139 @@
+//! The HTTP API on the Unix socket: OpenAI-compatible chat completions, model identity, health,
+//! metrics and admin endpoints.
+
+pub mod chat;
+pub mod error;
+pub mod openai;
+pub mod socket;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::metrics::{Metrics, RequestLabels};
+use error::{ApiError, ErrorCode};
+use socket::Peer;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The inference engine.
+    pub engine: Engine,
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Metrics, rendered by `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Uids allowed on `/admin/*` besides root.
+    pub admin_uids: Arc<HashSet<u32>>,
+    /// Cancelled when the daemon starts stopping: new completions get 503.
+    pub shutdown: CancellationToken,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/reload", post(reload))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+/// Counts every request by endpoint and status, and errors by code.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "other".to_owned());
+    let response = next.run(request).await;
+    let labels = RequestLabels { endpoint, status: response.status().as_u16() };
+    state.metrics.requests.get_or_create(&labels).inc();
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        state.metrics.error(code);
+    }
+    response
+}
+
+async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let data: Vec<_> = state
+        .engine
+        .model()
+        .map(|info| {
+            vec![serde_json::to_value(openai::ModelEntry {
+                id: &info.id,
+                object: "model",
+                created: info.loaded_at,
+                owned_by: "outpost",
+                info: &info,
+            })
+            .unwrap_or_default()]
+        })
+        .unwrap_or_default();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "stopping" }))).into_response();
+    }
+    match state.engine.model() {
+        Some(info) => Json(json!({ "status": "ready", "model": info.id })).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "loading" }))).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Loads the model at the configured path again and swaps it in; the old one serves meanwhile.
+async fn reload(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let allowed = peer.uid.is_some_and(|uid| uid == 0 || state.admin_uids.contains(&uid));
+    if !allowed {
+        tracing::warn!(uid = ?peer.uid, pid = ?peer.pid, "refused /admin/reload");
+        return Err(ApiError::Forbidden("/admin/*"));
+    }
+    tracing::info!(uid = ?peer.uid, "reload requested");
+    let info = state.engine.load().await.map_err(|err| {
+        tracing::error!(%err, "reload failed; keeping the current model");
+        ApiError::ReloadFailed(err)
+    })?;
+    Ok(Json(json!({ "status": "reloaded", "model": *info })))
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("{} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(method: Method, request: Request) -> Response {
+    let mut response = ApiError::NotFound(format!("{method} {}", request.uri().path())).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}

@@ -1,0 +1,343 @@
+//! OpenAI chat-completions wire types and their validation into engine requests.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use crate::config::GenerationConfig;
+use crate::engine::{ChatMessage, Completion, FinishReason, Generate, ModelInfo, Sampling, TokenLogprob};
+
+/// Most alternatives a caller may ask for per token (OpenAI's limit).
+const MAX_TOP_LOGPROBS: u8 = 20;
+/// Most stop sequences per request.
+const MAX_STOPS: usize = 16;
+
+/// `POST /v1/chat/completions` body. Unknown fields are ignored, as OpenAI-compatible servers do.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    /// Echoed back; this server serves one model whatever is named.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<RequestMessage>,
+    /// Sampling temperature, 0–2 (0 = greedy).
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus mass, (0, 1].
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Top-k cut (an extension; 0 = off).
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// Seed for reproducible sampling.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Tokens to generate at most.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Newer name of `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    /// One stop string or several.
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Return token log-probabilities.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per token, with `logprobs`.
+    #[serde(default)]
+    pub top_logprobs: Option<u8>,
+    /// Choices to generate; only 1 is supported.
+    #[serde(default)]
+    pub n: Option<u32>,
+}
+
+/// One message of the request.
+#[derive(Debug, Deserialize)]
+pub struct RequestMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Text, or a list of content parts of which the text parts are used.
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+/// Message content: a string or content parts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Content parts.
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part.
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    /// `text` (other types are rejected).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// `stop`: a string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage`.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest { message: message.into(), param: Some(param) }
+}
+
+impl ChatRequest {
+    /// Parses a body, telling malformed JSON (400 `invalid_json`) from a bad request.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        serde_json::from_slice(body).map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => invalid("body", format!("invalid request: {err}")),
+            _ => ApiError::InvalidJson(err.to_string()),
+        })
+    }
+
+    /// Whether to stream.
+    pub fn streaming(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether the stream ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false)
+    }
+
+    /// Validates the request and applies the configured defaults.
+    pub fn into_generate(self, defaults: &GenerationConfig) -> Result<Generate, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(invalid("n", "only n = 1 is supported"));
+        }
+        if self.messages.is_empty() {
+            return Err(invalid("messages", "messages must contain at least one message"));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.into_iter().enumerate() {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                "tool" => "tool",
+                other => {
+                    return Err(invalid(
+                        "messages",
+                        format!("messages[{i}].role `{other}` is not a known role"),
+                    ))
+                }
+            };
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(text)) => text,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(invalid(
+                                    "messages",
+                                    format!(
+                                    "messages[{i}]: content part type `{kind}` is not supported (text only)"
+                                ),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            if content.contains('\0') {
+                return Err(invalid("messages", format!("messages[{i}].content contains a NUL character")));
+            }
+            messages.push(ChatMessage { role: role.to_owned(), content });
+        }
+
+        let mut sampling = Sampling::defaults(defaults);
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(invalid("temperature", "temperature must be between 0 and 2"));
+            }
+            sampling.temperature = t;
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(invalid("top_p", "top_p must be in (0, 1]"));
+            }
+            sampling.top_p = p;
+        }
+        if let Some(k) = self.top_k {
+            sampling.top_k = k;
+        }
+        if let Some(seed) = self.seed {
+            // llama.cpp takes a 32-bit seed; larger seeds are folded, keeping them deterministic.
+            sampling.seed = Some((seed as u64 ^ ((seed as u64) >> 32)) as u32);
+        }
+        if let Some(max) = self.max_completion_tokens.or(self.max_tokens) {
+            if max == 0 {
+                return Err(invalid("max_tokens", "max_tokens must be at least 1"));
+            }
+            sampling.max_tokens = max;
+        }
+        sampling.stop = match self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if sampling.stop.len() > MAX_STOPS {
+            return Err(invalid("stop", format!("at most {MAX_STOPS} stop sequences")));
+        }
+        if self.logprobs.unwrap_or(false) {
+            let n = self.top_logprobs.unwrap_or(0);
+            if n > MAX_TOP_LOGPROBS {
+                return Err(invalid(
+                    "top_logprobs",
+                    format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+            sampling.logprobs = Some(n);
+        } else if self.top_logprobs.is_some_and(|n| n > 0) {
+            return Err(invalid("top_logprobs", "top_logprobs requires logprobs: true"));
+        }
+        Ok(Generate { messages, sampling })
+    }
+}
+
+/// The OpenAI `finish_reason` string.
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
+    }
+}
+
+/// `usage`, with the cached prompt tokens OpenAI reports under `prompt_tokens_details`.
+pub fn usage(done: &Completion) -> Value {
+    json!({
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": done.cached_tokens },
+    })
+}
+
+/// llama-server's `timings` object, so existing benchmark tooling reads our speeds.
+pub fn timings(done: &Completion) -> Value {
+    let evaluated = done.prompt_tokens.saturating_sub(done.cached_tokens);
+    let prompt_ms = done.prompt_time.as_secs_f64() * 1000.0;
+    let decoded = done.completion_tokens.saturating_sub(1);
+    let predicted_ms = done.decode_time.as_secs_f64() * 1000.0;
+    let per_second = |n: u32, ms: f64| if ms > 0.0 { f64::from(n) * 1000.0 / ms } else { 0.0 };
+    json!({
+        "prompt_n": evaluated,
+        "prompt_ms": prompt_ms,
+        "prompt_per_second": per_second(evaluated, prompt_ms),
+        "predicted_n": decoded,
+        "predicted_ms": predicted_ms,
+        "predicted_per_second": per_second(decoded, predicted_ms),
+    })
+}
+
+/// `logprobs` of a choice.
+pub fn logprobs(content: &[TokenLogprob]) -> Value {
+    json!({ "content": content })
+}
+
+/// `GET /v1/models` entry.
+#[derive(Debug, Serialize)]
+pub struct ModelEntry<'a> {
+    /// The model id.
+    pub id: &'a str,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Load time (Unix seconds).
+    pub created: u64,
+    /// Always `outpost`.
+    pub owned_by: &'static str,
+    /// File, size, quantization, context, version, sha256...
+    #[serde(flatten)]
+    pub info: &'a ModelInfo,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Generate, ApiError> {
+        ChatRequest::parse(body.as_bytes())?.into_generate(&GenerationConfig::default())
+    }
+
+    #[test]
+    fn defaults_apply_and_request_values_win() {
+        let g = parse(r#"{"messages":[{"role":"user","content":"hi"}]}"#).expect("valid");
+        assert_eq!(g.sampling.max_tokens, GenerationConfig::default().max_tokens);
+        assert!(g.sampling.logprobs.is_none());
+        let g = parse(
+            r#"{"model":"x","messages":[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+                "temperature":0,"max_completion_tokens":5,"stop":"END","logprobs":true,"top_logprobs":2,"seed":3,
+                "some_future_field":{"x":1}}"#,
+        )
+        .expect("valid");
+        assert_eq!(g.messages[0].role, "system");
+        assert_eq!(g.messages[0].content, "ab");
+        assert_eq!(g.sampling.temperature, 0.0);
+        assert_eq!(g.sampling.max_tokens, 5);
+        assert_eq!(g.sampling.stop, vec!["END".to_owned()]);
+        assert_eq!(g.sampling.logprobs, Some(2));
+        assert_eq!(g.sampling.seed, Some(3));
+    }
+
+    #[test]
+    fn malformed_json_and_bad_values_are_told_apart() {
+        assert!(matches!(parse("{"), Err(ApiError::InvalidJson(_))));
+        assert!(matches!(parse(r#"{"messages": ["#), Err(ApiError::InvalidJson(_))));
+        let param = |body: &str| match parse(body) {
+            Err(ApiError::InvalidRequest { param, .. }) => param,
+            other => panic!("expected a bad request, got {other:?}"),
+        };
+        assert_eq!(param(r#"{"messages":"hi"}"#), Some("body"));
+        assert_eq!(param(r#"{"messages":[]}"#), Some("messages"));
+        assert_eq!(param(r#"{"messages":[{"role":"wizard","content":"x"}]}"#), Some("messages"));
+        assert_eq!(param(r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#), Some("n"));
+        assert_eq!(param(r#"{"messages":[{"role":"user","content":"x"}],"top_p":0}"#), Some("top_p"));
+        assert_eq!(
+            param(r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param(r#"{"messages":[{"role":"user","content":"x"}],"top_logprobs":3}"#),
+            Some("top_logprobs")
+        );
+        assert_eq!(
+            param(r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#),
+            Some("messages")
+        );
+    }
+}

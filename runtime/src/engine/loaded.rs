@@ -1,0 +1,250 @@
+//! A loaded model: the llama.cpp model, its context (which borrows the model), the chat template
+//! to use, and the identity the API reports.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use serde::Serialize;
+
+use super::{backend, LoadError};
+use crate::config::Config;
+
+/// The template used when the GGUF carries none that llama.cpp can apply.
+pub const DEFAULT_CHAT_TEMPLATE: &str = "chatml";
+
+/// What loading needs from the configuration.
+#[derive(Debug)]
+pub(crate) struct LoadSettings {
+    path: PathBuf,
+    context: u32,
+    threads: i32,
+    batch: u32,
+    gpu_layers: u32,
+    chat_template: Option<String>,
+}
+
+impl LoadSettings {
+    pub(crate) fn from_config(config: &Config) -> Self {
+        let m = &config.model;
+        Self {
+            path: m.path.clone(),
+            context: m.context,
+            threads: i32::try_from(m.threads).unwrap_or(4),
+            batch: m.batch,
+            gpu_layers: m.gpu_layers,
+            chat_template: m.chat_template.clone(),
+        }
+    }
+}
+
+/// The identity of the model being served, as `GET /v1/models` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    /// The model id: the GGUF's `general.name`, else the file name without extension.
+    pub id: String,
+    /// The configured path (often through the updater's `current` symlink).
+    pub path: PathBuf,
+    /// The file actually loaded, with symlinks resolved.
+    pub file: PathBuf,
+    /// File size in bytes.
+    pub size: u64,
+    /// Tensor type, e.g. `Q4_K_M`.
+    pub quantization: String,
+    /// Architecture, e.g. `llama`, `qwen2`.
+    pub architecture: String,
+    /// Parameters.
+    pub parameters: u64,
+    /// The context window served (`model.context`).
+    pub context: u32,
+    /// The context the model was trained with.
+    pub context_train: u32,
+    /// Which chat template applies: `gguf`, `config`, or the default's name.
+    pub chat_template: String,
+    /// The release version, from a `manifest.json` beside the model file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The file's SHA-256 as the release manifest declares it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// When it was loaded (Unix seconds).
+    pub loaded_at: u64,
+}
+
+/// The llama.cpp context borrows the model; `self_cell` keeps both in one movable value.
+type Context<'a> = LlamaContext<'a>;
+
+self_cell::self_cell!(
+    /// A model and its one context.
+    pub(crate) struct ModelCell {
+        owner: LlamaModel,
+        #[not_covariant]
+        dependent: Context,
+    }
+);
+
+/// A model ready to serve.
+pub(crate) struct LoadedModel {
+    pub(crate) cell: ModelCell,
+    pub(crate) template: LlamaChatTemplate,
+    pub(crate) info: Arc<ModelInfo>,
+    pub(crate) batch: u32,
+}
+
+impl LoadedModel {
+    /// Loads the model and creates its context (blocking: call on a loader thread).
+    pub(crate) fn load(settings: &LoadSettings) -> Result<Self, LoadError> {
+        let configured = settings.path.display().to_string();
+        let file = std::fs::canonicalize(&settings.path)
+            .map_err(|e| LoadError::Read { path: configured.clone(), reason: e.to_string() })?;
+        let size = std::fs::metadata(&file)
+            .map_err(|e| LoadError::Read { path: configured.clone(), reason: e.to_string() })?
+            .len();
+        let shown = file.display().to_string();
+        let backend = backend();
+        let params = LlamaModelParams::default().with_n_gpu_layers(settings.gpu_layers);
+        let model = LlamaModel::load_from_file(backend, &file, &params)
+            .map_err(|_| LoadError::Model { path: shown.clone() })?;
+
+        let (template, template_source) = choose_template(&model, settings.chat_template.as_deref());
+        let info = ModelInfo {
+            id: model_id(&model, &file),
+            path: settings.path.clone(),
+            size,
+            quantization: quantization(&model),
+            architecture: model.meta_val_str("general.architecture").unwrap_or_default(),
+            parameters: model.n_params(),
+            context: settings.context,
+            context_train: model.n_ctx_train(),
+            chat_template: template_source,
+            version: None,
+            sha256: None,
+            loaded_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            file: file.clone(),
+        };
+        let info = with_manifest(info, &file);
+
+        let ctx_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(settings.context))
+            .with_n_batch(settings.batch)
+            .with_n_ubatch(settings.batch.min(512))
+            .with_n_threads(settings.threads)
+            .with_n_threads_batch(settings.threads);
+        let cell = ModelCell::try_new(model, |model| model.new_context(backend, ctx_params))
+            .map_err(|_| LoadError::Context { path: shown, context: settings.context })?;
+        Ok(Self { cell, template, info: Arc::new(info), batch: settings.batch })
+    }
+}
+
+/// The configured template, else the GGUF's if llama.cpp can apply it, else the default.
+fn choose_template(model: &LlamaModel, configured: Option<&str>) -> (LlamaChatTemplate, String) {
+    let probe = LlamaChatMessage::new("user".into(), "hi".into());
+    let usable = |t: &LlamaChatTemplate| match &probe {
+        Ok(m) => model.apply_chat_template(t, std::slice::from_ref(m), true).is_ok(),
+        Err(_) => false,
+    };
+    if let Some(text) = configured {
+        if let Ok(t) = LlamaChatTemplate::new(text) {
+            if usable(&t) {
+                return (t, "config".into());
+            }
+        }
+        tracing::warn!(
+            template = text,
+            "model.chat_template is not a template llama.cpp can apply; ignoring it"
+        );
+    }
+    if let Ok(t) = model.chat_template(None) {
+        if usable(&t) {
+            return (t, "gguf".into());
+        }
+        tracing::warn!(
+            "the model's chat template is not one llama.cpp supports; using {DEFAULT_CHAT_TEMPLATE}"
+        );
+    }
+    match LlamaChatTemplate::new(DEFAULT_CHAT_TEMPLATE) {
+        Ok(t) => (t, DEFAULT_CHAT_TEMPLATE.into()),
+        // A constant without NUL bytes always converts.
+        Err(_) => unreachable_template(),
+    }
+}
+
+#[cold]
+fn unreachable_template() -> (LlamaChatTemplate, String) {
+    // `LlamaChatTemplate::new` only fails on interior NUL bytes, which the constant lacks.
+    panic!("the default chat template name contains a NUL byte")
+}
+
+fn model_id(model: &LlamaModel, file: &Path) -> String {
+    match model.meta_val_str("general.name") {
+        Ok(name) if !name.trim().is_empty() => name.trim().replace(char::is_whitespace, "-"),
+        _ => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+    }
+}
+
+/// The tensor type named by `general.file_type` (llama.cpp's `llama_ftype`).
+fn quantization(model: &LlamaModel) -> String {
+    let Ok(value) = model.meta_val_str("general.file_type") else { return "unknown".into() };
+    let name = match value.trim().parse::<u32>() {
+        Ok(0) => "F32",
+        Ok(1) => "F16",
+        Ok(2) => "Q4_0",
+        Ok(3) => "Q4_1",
+        Ok(7) => "Q8_0",
+        Ok(8) => "Q5_0",
+        Ok(9) => "Q5_1",
+        Ok(10) => "Q2_K",
+        Ok(11) => "Q3_K_S",
+        Ok(12) => "Q3_K_M",
+        Ok(13) => "Q3_K_L",
+        Ok(14) => "Q4_K_S",
+        Ok(15) => "Q4_K_M",
+        Ok(16) => "Q5_K_S",
+        Ok(17) => "Q5_K_M",
+        Ok(18) => "Q6_K",
+        Ok(19) => "IQ2_XXS",
+        Ok(20) => "IQ2_XS",
+        Ok(21) => "Q2_K_S",
+        Ok(22) => "IQ3_XS",
+        Ok(23) => "IQ3_XXS",
+        Ok(24) => "IQ1_S",
+        Ok(25) => "IQ4_NL",
+        Ok(26) => "IQ3_S",
+        Ok(27) => "IQ3_M",
+        Ok(28) => "IQ2_S",
+        Ok(29) => "IQ2_M",
+        Ok(30) => "IQ4_XS",
+        Ok(31) => "IQ1_M",
+        Ok(32) => "BF16",
+        Ok(36) => "TQ1_0",
+        Ok(37) => "TQ2_0",
+        Ok(38) => "MXFP4_MOE",
+        _ => return format!("ftype-{}", value.trim()),
+    };
+    name.into()
+}
+
+/// Adds `version` and `sha256` from a `manifest.json` beside the model file, when there is one.
+/// The updater writes it; fields are read leniently (`sha256` at the top or under `target`).
+fn with_manifest(mut info: ModelInfo, file: &Path) -> ModelInfo {
+    let Some(dir) = file.parent() else { return info };
+    let manifest = dir.join("manifest.json");
+    let Ok(text) = std::fs::read_to_string(&manifest) else { return info };
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(value) => {
+            let signed = value.get("signed").unwrap_or(&value);
+            let str_at =
+                |v: &serde_json::Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_owned);
+            info.version = str_at(signed, "version");
+            info.sha256 =
+                str_at(signed, "sha256").or_else(|| signed.get("target").and_then(|t| str_at(t, "sha256")));
+        }
+        Err(err) => tracing::warn!(path = %manifest.display(), %err, "ignoring unreadable manifest.json"),
+    }
+    info
+}

@@ -1,0 +1,383 @@
+//! The inference engine: llama.cpp on one owner thread, fed by a bounded queue.
+//!
+//! The async side holds an [`Engine`] handle. Each request carries its own event channel; the
+//! owner thread tokenizes, evaluates and samples, sending [`Event`]s back. The thread never
+//! waits on async code and async code never calls llama.cpp. A request whose receiver is dropped
+//! (the client went away) is cancelled at the next token.
+//!
+//! Loading (at start and on reload) runs on a separate loader thread while the owner thread
+//! keeps serving the old model; the loaded model is handed over between two requests.
+
+mod backend;
+mod loaded;
+pub mod text;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::config::{Config, GenerationConfig};
+use crate::metrics::{LoadLabels, Metrics};
+
+pub use loaded::ModelInfo;
+
+/// One chat message, as the chat template sees it.
+#[derive(Clone, Debug)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+/// How to sample, with the configured defaults already applied.
+#[derive(Clone, Debug)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1].
+    pub top_p: f32,
+    /// 0 = no top-k cut.
+    pub top_k: u32,
+    /// Seed of the random sampler; `None` picks one.
+    pub seed: Option<u32>,
+    /// Tokens generated at most.
+    pub max_tokens: u32,
+    /// Generation ends before the first of these strings; they are not returned.
+    pub stop: Vec<String>,
+    /// `Some(n)`: return each token's log-probability and the `n` most likely alternatives.
+    pub logprobs: Option<u8>,
+}
+
+impl Sampling {
+    /// The configured defaults.
+    pub fn defaults(config: &GenerationConfig) -> Self {
+        Self {
+            temperature: config.temperature,
+            top_p: config.top_p,
+            top_k: config.top_k,
+            seed: None,
+            max_tokens: config.max_tokens,
+            stop: Vec::new(),
+            logprobs: None,
+        }
+    }
+}
+
+/// A generation request.
+#[derive(Debug)]
+pub struct Generate {
+    /// The conversation so far.
+    pub messages: Vec<ChatMessage>,
+    /// Sampling parameters.
+    pub sampling: Sampling,
+}
+
+/// A token's log-probability and its most likely alternatives.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenLogprob {
+    /// The token's text (lossy UTF-8).
+    pub token: String,
+    /// Natural-log probability under the model's distribution.
+    pub logprob: f32,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this position.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One alternative token at a position.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopLogprob {
+    /// The token's text (lossy UTF-8).
+    pub token: String,
+    /// Natural-log probability.
+    pub logprob: f32,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of generation token or a stop sequence.
+    Stop,
+    /// `max_tokens` or the context window was reached.
+    Length,
+    /// The client went away or the daemon is stopping.
+    Cancelled,
+}
+
+/// Token counts and timings of a finished generation.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose KV entries were reused from the previous request.
+    pub cached_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// Time to evaluate the prompt.
+    pub prompt_time: Duration,
+    /// Time to generate the tokens after the first.
+    pub decode_time: Duration,
+}
+
+/// What the engine sends back for a request, in order: `Started`, any number of `Token`s, then
+/// `Done` — or a single `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    /// The prompt fits and evaluation begins.
+    Started {
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+        /// The model answering.
+        model: Arc<ModelInfo>,
+    },
+    /// Text released by one token (may be empty while a stop sequence is undecided).
+    Token {
+        /// The text.
+        text: String,
+        /// Its log-probability, when asked for.
+        logprob: Option<TokenLogprob>,
+    },
+    /// Generation ended.
+    Done(Completion),
+    /// The request failed before or during generation.
+    Failed(GenerateError),
+}
+
+/// Why a request failed inside the engine.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// The prompt does not fit in the context window.
+    #[error(
+        "the prompt is {prompt_tokens} tokens but the model's context is {context} tokens; shorten the messages"
+    )]
+    ContextOverflow {
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+        /// The context window.
+        context: u32,
+    },
+    /// The chat template could not be applied to the messages.
+    #[error("cannot apply the chat template: {0}")]
+    Template(String),
+    /// llama.cpp failed while evaluating.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// No model is loaded.
+    #[error("no model is loaded")]
+    NotLoaded,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full.
+    #[error("the engine queue is full ({0} requests waiting)")]
+    QueueFull(usize),
+    /// No model is loaded yet (or any more).
+    #[error("the model is not loaded yet")]
+    NotReady,
+    /// The engine thread has stopped.
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// Why a model could not be loaded.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The model file does not exist or cannot be read.
+    #[error("cannot read model file {path}: {reason}")]
+    Read {
+        /// The configured path.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// llama.cpp rejected the file.
+    #[error("llama.cpp could not load {path} (not a valid GGUF model, or an unsupported architecture)")]
+    Model {
+        /// The resolved path.
+        path: String,
+    },
+    /// llama.cpp could not create a context (usually: not enough memory for `model.context`).
+    #[error("llama.cpp could not create a context of {context} tokens for {path}")]
+    Context {
+        /// The resolved path.
+        path: String,
+        /// The requested context.
+        context: u32,
+    },
+    /// The llama.cpp backend failed to start.
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    /// The engine thread has stopped.
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// A queued request: the request and where its events go.
+pub(crate) struct Job {
+    request: Generate,
+    events: mpsc::UnboundedSender<Event>,
+    queued_at: Instant,
+}
+
+/// Messages to the owner thread outside the request queue.
+pub(crate) enum Control {
+    /// Replace the model (the old one is freed after the swap).
+    Swap(Box<loaded::LoadedModel>, oneshot::Sender<Arc<ModelInfo>>),
+}
+
+/// State shared between the handle and the owner thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// When the engine started; heartbeats are measured from it.
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the owner thread's last sign of progress.
+    heartbeat_ms: AtomicU64,
+    /// The model being served.
+    model: RwLock<Option<Arc<ModelInfo>>>,
+    /// Set to cancel every running and queued generation (shutdown deadline passed).
+    cancel_all: AtomicBool,
+    /// Requests waiting in the queue.
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn beat(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: crossbeam_channel::Sender<Job>,
+    control: crossbeam_channel::Sender<Control>,
+    shared: Arc<Shared>,
+    settings: Arc<loaded::LoadSettings>,
+    metrics: Arc<Metrics>,
+    queue_capacity: usize,
+    /// One load at a time.
+    loading: Arc<Mutex<()>>,
+}
+
+impl Engine {
+    /// Starts the owner thread (with no model: call [`Engine::load`]).
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let queue_capacity = config.api.queue;
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(queue_capacity);
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
+            model: RwLock::new(None),
+            cancel_all: AtomicBool::new(false),
+            queued: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let settings = Arc::new(loaded::LoadSettings::from_config(config));
+        let worker = worker::Worker::new(shared.clone(), metrics.clone(), settings.clone());
+        std::thread::Builder::new()
+            .name("outpost-engine".into())
+            .spawn(move || worker.run(jobs_rx, control_rx))?;
+        Ok(Self {
+            jobs: jobs_tx,
+            control: control_tx,
+            shared,
+            settings,
+            metrics,
+            queue_capacity,
+            loading: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// Loads the model at the configured path (following symlinks as they are now) on a loader
+    /// thread, then swaps it in between two requests. On failure the current model stays.
+    pub async fn load(&self) -> Result<Arc<ModelInfo>, LoadError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let settings = self.settings.clone();
+        let (tx, rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("outpost-loader".into())
+            .spawn(move || {
+                let _ = tx.send(loaded::LoadedModel::load(&settings));
+            })
+            .map_err(|e| LoadError::Backend(format!("cannot start loader thread: {e}")))?;
+        let result = match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(LoadError::Backend("loader thread panicked".into())),
+        };
+        let loaded = match result {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                self.metrics.model_loads.get_or_create(&LoadLabels { result: "failed".into() }).inc();
+                return Err(err);
+            }
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.control.send(Control::Swap(Box::new(loaded), reply_tx)).map_err(|_| LoadError::Stopped)?;
+        let info = reply_rx.await.map_err(|_| LoadError::Stopped)?;
+        self.metrics.model_loads.get_or_create(&LoadLabels { result: "ok".into() }).inc();
+        self.metrics.model_loaded.set(1);
+        Ok(info)
+    }
+
+    /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
+    /// cancels the request.
+    pub fn submit(&self, request: Generate) -> Result<mpsc::UnboundedReceiver<Event>, SubmitError> {
+        if self.model().is_none() {
+            return Err(SubmitError::NotReady);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let job = Job { request, events: tx, queued_at: Instant::now() };
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        self.metrics.queue_depth.inc();
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(err) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.queue_depth.dec();
+                Err(match err {
+                    crossbeam_channel::TrySendError::Full(_) => SubmitError::QueueFull(self.queue_capacity),
+                    crossbeam_channel::TrySendError::Disconnected(_) => SubmitError::Stopped,
+                })
+            }
+        }
+    }
+
+    /// The model being served, if any.
+    pub fn model(&self) -> Option<Arc<ModelInfo>> {
+        self.shared.model.read().ok().and_then(|m| m.clone())
+    }
+
+    /// Requests waiting for the engine.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    /// How long ago the owner thread last showed progress. It beats while idle and at every
+    /// token, so a large value means llama.cpp is stuck.
+    pub fn heartbeat_age(&self) -> Duration {
+        let now = self.shared.epoch.elapsed();
+        let last = Duration::from_millis(self.shared.heartbeat_ms.load(Ordering::Relaxed));
+        now.saturating_sub(last)
+    }
+
+    /// Cancels every running and queued generation (used when the shutdown deadline passes).
+    pub fn cancel_all(&self) {
+        self.shared.cancel_all.store(true, Ordering::SeqCst);
+    }
+}
+
+pub(crate) use backend::backend;

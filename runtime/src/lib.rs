@@ -1,0 +1,19 @@
+//! Outpost runtime: an on-device LLM endpoint.
+//!
+//! The module tree names the capabilities:
+//! - [`config`]: the typed configuration, base file plus drop-ins.
+//! - [`engine`]: llama.cpp on an owner thread behind a bounded queue.
+//! - [`api`]: the OpenAI-compatible HTTP API on the Unix socket.
+//! - [`serve`]: the supervised daemon (systemd notify, watchdog, shutdown).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`client`]: a client of the socket, for `outpost ask`.
+//! - [`synth`]: synthetic GGUF models (random weights, real architecture and tokenizer) for tests
+//!   and board qualification.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod serve;
+pub mod synth;

@@ -1,0 +1,179 @@
+//! `outpost`: the on-device LLM runtime's command line.
+//!
+//! Exit codes are part of the systemd unit's contract:
+//! - 0: stopped cleanly,
+//! - 1: failed (restartable: the unit restarts it),
+//! - 78 (`EX_CONFIG`): the configuration is invalid; restarting cannot help
+//!   (`RestartPreventExitStatus=78`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use outpost::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use outpost::synth::{Preset, Quant, SynthOptions};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for an invalid configuration (sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+/// Exit code for any other failure.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "On-device LLM runtime: llama.cpp behind an OpenAI-compatible Unix socket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: load the model and serve the API on the Unix socket.
+    Serve {
+        /// Base config file; drop-ins are read from `config.d/` beside it.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print the merged result.
+    CheckConfig {
+        /// Base config file; drop-ins are read from `config.d/` beside it.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Write a synthetic GGUF model: real architecture and tokenizer, random weights.
+    SynthModel {
+        /// Dimensions: `tiny` (tests), or those of real 0.5B / 1B / 3B models.
+        #[arg(long, value_enum, default_value = "tiny")]
+        preset: Preset,
+        /// Tensor type (q8_0 and q4_k_m are quantized by llama.cpp).
+        #[arg(long, value_enum, default_value = "f16")]
+        quant: Quant,
+        /// Seed of the random weights (same seed, same file).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Threads for quantization.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// The GGUF file to write.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Ask the running daemon a question; the answer streams to stdout.
+    Ask {
+        /// The daemon's socket.
+        #[arg(
+            long,
+            value_name = "PATH",
+            env = "OUTPOST_SOCKET",
+            default_value = "/run/outpost/outpost.sock"
+        )]
+        socket: PathBuf,
+        /// An optional system message.
+        #[arg(long)]
+        system: Option<String>,
+        /// Tokens to generate at most.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// The question.
+        #[arg(required = true, num_args = 1..)]
+        prompt: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(config) = err.downcast_ref::<ConfigError>() {
+                tracing::error!("invalid configuration: {config}");
+                eprintln!("outpost: invalid configuration: {config}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+            tracing::error!("{}", chain.join(": "));
+            eprintln!("outpost: {}", chain.join(": "));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let explicit = path.is_some();
+    let path = path.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    Config::load(&path, explicit)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load_config(config)?;
+            runtime()?.block_on(outpost::serve::run(config))?;
+        }
+        Command::CheckConfig { config } => {
+            let config = load_config(config)?;
+            println!("{config:#?}");
+        }
+        Command::SynthModel { preset, quant, seed, threads, out } => {
+            let threads = if threads == 0 {
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            } else {
+                threads
+            };
+            let started = std::time::Instant::now();
+            let report = outpost::synth::synthesize(&SynthOptions { preset, quant, seed, out, threads })?;
+            eprintln!(
+                "wrote {} ({:.1} MiB, {} parameters, vocabulary {}) in {:.1}s",
+                report.path.display(),
+                report.bytes as f64 / (1024.0 * 1024.0),
+                report.n_params,
+                report.n_vocab,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Ask { socket, system, max_tokens, temperature, prompt } => {
+            let prompt = prompt.join(" ");
+            let ask =
+                outpost::client::Ask { prompt: &prompt, system: system.as_deref(), max_tokens, temperature };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let mut stdout = std::io::stdout();
+            let finish = rt.block_on(outpost::client::ask(&socket, &ask, &mut stdout))?;
+            println!();
+            if finish == "length" {
+                eprintln!("(answer cut at max_tokens)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Logs to journald when systemd runs us with a journal stream, else to stderr.
+/// `RUST_LOG` filters (default: info, and llama.cpp's own chatter at warn).
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,llama-cpp-2=warn,llama_cpp_2=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            registry.with(journald.with_syslog_identifier("outpost".into())).init();
+            return;
+        }
+    }
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics, served as text on `GET /metrics`.
+//!
+//! Every metric is an atomic, so the engine thread and the HTTP tasks update them without locks.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Labels of a finished HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// The HTTP status code.
+    pub status: u16,
+}
+
+/// Labels of an error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The error's `code`, as sent to the client (e.g. `queue_full`, `context_length_exceeded`).
+    pub kind: String,
+}
+
+/// Labels of a model (re)load.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    /// `ok` or `failed`.
+    pub result: String,
+}
+
+/// All metrics of the runtime.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by endpoint and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Errors by kind.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Prompt tokens evaluated (including those reused from the KV cache).
+    pub prompt_tokens: Counter,
+    /// Tokens generated.
+    pub completion_tokens: Counter,
+    /// Seconds spent evaluating prompts.
+    pub prompt_seconds: Counter<f64, AtomicU64>,
+    /// Seconds spent generating tokens.
+    pub decode_seconds: Counter<f64, AtomicU64>,
+    /// Prompt tokens per second of the last request.
+    pub prompt_tokens_per_second: Gauge<f64, AtomicU64>,
+    /// Generated tokens per second of the last request.
+    pub decode_tokens_per_second: Gauge<f64, AtomicU64>,
+    /// Decode speed of each request (tokens/s).
+    pub decode_rate: Histogram,
+    /// Requests waiting for the engine.
+    pub queue_depth: Gauge,
+    /// Generations running now (0 or 1 while requests are served one at a time).
+    pub active: Gauge,
+    /// 1 while a model is loaded.
+    pub model_loaded: Gauge,
+    /// Model loads by result.
+    pub model_loads: Family<LoadLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("outpost");
+        let m = Self {
+            requests: Family::default(),
+            errors: Family::default(),
+            prompt_tokens: Counter::default(),
+            completion_tokens: Counter::default(),
+            prompt_seconds: Counter::default(),
+            decode_seconds: Counter::default(),
+            prompt_tokens_per_second: Gauge::default(),
+            decode_tokens_per_second: Gauge::default(),
+            decode_rate: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
+            queue_depth: Gauge::default(),
+            active: Gauge::default(),
+            model_loaded: Gauge::default(),
+            model_loads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "HTTP requests by endpoint and status", m.requests.clone());
+        registry.register("errors", "Errors returned to clients, by kind", m.errors.clone());
+        registry.register("prompt_tokens", "Prompt tokens processed", m.prompt_tokens.clone());
+        registry.register("completion_tokens", "Tokens generated", m.completion_tokens.clone());
+        registry.register("prompt_seconds", "Seconds spent on prompt evaluation", m.prompt_seconds.clone());
+        registry.register("decode_seconds", "Seconds spent generating tokens", m.decode_seconds.clone());
+        registry.register(
+            "prompt_tokens_per_second",
+            "Prompt evaluation speed of the last request",
+            m.prompt_tokens_per_second.clone(),
+        );
+        registry.register(
+            "decode_tokens_per_second",
+            "Generation speed of the last request",
+            m.decode_tokens_per_second.clone(),
+        );
+        registry.register(
+            "decode_rate_tokens_per_second",
+            "Generation speed per request",
+            m.decode_rate.clone(),
+        );
+        registry.register("queue_depth", "Requests waiting for the engine", m.queue_depth.clone());
+        registry.register("active_generations", "Generations running now", m.active.clone());
+        registry.register("model_loaded", "1 while a model is loaded", m.model_loaded.clone());
+        registry.register("model_loads", "Model loads by result", m.model_loads.clone());
+        Self { registry, ..m }
+    }
+
+    /// Counts an error returned to a client.
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&ErrorLabels { kind: kind.to_owned() }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

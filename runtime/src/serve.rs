@@ -1,0 +1,169 @@
+//! `outpost serve`: the supervised daemon.
+//!
+//! Order of start-up, as systemd should see it: bind the socket (final mode and group), start
+//! answering `/healthz` and `/readyz` (503 while loading), load the model, then `READY=1`.
+//! SIGTERM/SIGINT: `STOPPING=1`, stop accepting, let in-flight requests finish within
+//! `api.shutdown_timeout`, cancel what is left, exit 0.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, socket, AppState};
+use crate::config::Config;
+use crate::engine::{Engine, LoadError};
+use crate::metrics::Metrics;
+
+/// How long cancelled generations get to wind down after the shutdown deadline.
+const CANCEL_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    /// The model could not be loaded at start-up.
+    #[error("cannot load the model: {0}")]
+    Load(#[from] LoadError),
+    /// The engine thread or a signal handler could not start.
+    #[error("cannot start {what}: {source}")]
+    Start {
+        /// What failed to start.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Sends a notification to systemd when running under it (no-op otherwise).
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(false, states) {
+        tracing::debug!(%err, "sd_notify failed");
+    }
+}
+
+fn status(text: &str) {
+    notify(&[NotifyState::Status(text)]);
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let socket_path: PathBuf = config.api.socket.clone();
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|source| ServeError::Start { what: "signal handler", source })?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|source| ServeError::Start { what: "signal handler", source })?;
+
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::start(&config, metrics.clone())
+        .map_err(|source| ServeError::Start { what: "engine thread", source })?;
+
+    status(&format!("binding {}", socket_path.display()));
+    let listener = socket::bind(&socket_path, config.api.group.as_deref())?;
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        engine: engine.clone(),
+        config: config.clone(),
+        metrics,
+        admin_uids: Arc::new(config.api.admin_uids.iter().copied().collect::<HashSet<_>>()),
+        shutdown: shutdown.clone(),
+    };
+    let app = api::router(state).into_make_service_with_connect_info::<socket::Peer>();
+    let stop_accepting = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(stop_accepting.cancelled_owned()).await
+    });
+    tracing::info!(socket = %socket_path.display(), "listening");
+
+    status(&format!("loading model {}", config.model.path.display()));
+    let load = tokio::select! {
+        loaded = engine.load() => Some(loaded),
+        _ = sigterm.recv() => None,
+        _ = sigint.recv() => None,
+    };
+    let info = match load {
+        Some(Ok(info)) => info,
+        Some(Err(err)) => {
+            status(&format!("failed: {err}"));
+            shutdown.cancel();
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(err.into());
+        }
+        None => {
+            notify(&[NotifyState::Stopping]);
+            shutdown.cancel();
+            let _ = std::fs::remove_file(&socket_path);
+            return Ok(());
+        }
+    };
+    tracing::info!(model = %info.id, file = %info.file.display(), quantization = %info.quantization, "model loaded");
+    let serving = format!(
+        "serving {} ({}, {} tokens of context) on {}",
+        info.id,
+        info.quantization,
+        info.context,
+        socket_path.display()
+    );
+    notify(&[NotifyState::Ready, NotifyState::Status(&serving)]);
+
+    let watchdog = spawn_watchdog(engine.clone(), shutdown.clone());
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping: finishing in-flight requests")]);
+    shutdown.cancel();
+    let deadline = config.api.shutdown_timeout;
+    let mut server = server;
+    if tokio::time::timeout(deadline, &mut server).await.is_err() {
+        tracing::warn!(?deadline, "in-flight requests outlived the shutdown deadline; cancelling them");
+        engine.cancel_all();
+        if tokio::time::timeout(CANCEL_GRACE, &mut server).await.is_err() {
+            server.abort();
+        }
+    }
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Pings systemd's watchdog at half its period, but only while the engine thread shows
+/// progress: a stuck llama.cpp stops the pings and systemd restarts the daemon.
+fn spawn_watchdog(engine: Engine, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return None;
+    }
+    let period = Duration::from_micros(usec);
+    tracing::info!(?period, "systemd watchdog enabled");
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period / 2);
+        let mut was_stuck = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let age = engine.heartbeat_age();
+            if age < period {
+                notify(&[NotifyState::Watchdog]);
+                was_stuck = false;
+            } else if !was_stuck {
+                was_stuck = true;
+                tracing::error!(?age, "engine shows no progress; withholding watchdog pings");
+                status(&format!("engine stuck for {}s", age.as_secs()));
+            }
+        }
+    }))
+}

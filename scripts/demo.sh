@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The demo: builds Outpost (release), makes the tiny synthetic model on first run, starts
+# `outpost serve` on a socket under ./demo, and answers a request through the socket with curl
+# and with `outpost ask`. Then it keeps serving until Ctrl-C (pass --once to stop right away).
+#
+# Bring your own model instead: OUTPOST_MODEL=/path/to/model.gguf ./scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+once=0
+[ "${1:-}" = "--once" ] && once=1
+
+./scripts/setup.sh
+cargo build --release --locked --bin outpost
+bin="$PWD/target/release/outpost"
+
+demo="$PWD/demo"
+mkdir -p "$demo/models"
+model="${OUTPOST_MODEL:-$demo/models/tiny.gguf}"
+if [ ! -f "$model" ]; then
+  echo "demo: generating the tiny synthetic model (random weights: its answers are noise)" >&2
+  "$bin" synth-model --preset tiny --quant f16 --seed 1 --out "$model"
+fi
+
+socket="$demo/outpost.sock"
+cat > "$demo/outpost.toml" <<TOML
+[model]
+path = "$model"
+context = 4096
+threads = $(nproc)
+
+[api]
+socket = "$socket"
+TOML
+
+"$bin" serve --config "$demo/outpost.toml" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+
+for _ in $(seq 1 600); do
+  if curl -sf --unix-socket "$socket" http://localhost/readyz >/dev/null 2>&1; then break; fi
+  kill -0 $pid 2>/dev/null || { echo "demo: outpost serve exited" >&2; exit 1; }
+  sleep 0.1
+done
+
+echo
+echo "== GET /v1/models"
+curl -s --unix-socket "$socket" http://localhost/v1/models; echo
+echo
+echo "== POST /v1/chat/completions"
+curl -s --unix-socket "$socket" http://localhost/v1/chat/completions \
+  -H 'content-type: application/json' \
+  -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":24}'
+echo
+echo
+echo "== outpost ask (streamed)"
+"$bin" ask --socket "$socket" --max-tokens 24 "Tell me about the sea."
+echo
+
+if [ "$once" = 1 ]; then exit 0; fi
+echo "Serving on $socket — try:  $bin ask --socket $socket 'hello'   (Ctrl-C to stop)"
+wait $pid

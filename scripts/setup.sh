@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing Outpost needs, once: Debian packages for llama.cpp's build
+# (cmake, clang, libclang-dev), curl for the examples, and a Python venv (.venv) with the
+# official `openai` client used by the end-to-end tests. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+for cmd in cmake clang curl pkg-config; do
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
+done
+# libclang for bindgen (llama-cpp-sys-2)
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  need+=("libclang-dev")
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  pkgs=(cmake clang libclang-dev pkg-config curl)
+  echo "setup: installing ${pkgs[*]}" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, httpx" >/dev/null 2>&1; then
+  echo "setup: creating .venv with the openai client" >&2
+  python3 -m venv .venv || { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv && python3 -m venv .venv; }
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r tests/python/requirements.txt
+fi
