@@ -17,15 +17,11 @@ def main() -> int:
     models = client.models.list()
     model_id = models.data[0].id
 
-    chat = client.chat.completions.create(
-        model=model_id,
-        messages=[
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Name a colour."},
-        ],
-        max_tokens=8,
-        temperature=0,
-    )
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    chat = client.chat.completions.create(model=model_id, messages=messages, max_tokens=8, temperature=0)
     choice = chat.choices[0]
     assert choice.message.role == "assistant", choice
     assert isinstance(choice.message.content, str), choice
@@ -36,10 +32,7 @@ def main() -> int:
 
     stream = client.chat.completions.create(
         model=model_id,
-        messages=[
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Name a colour."},
-        ],
+        messages=messages,
         max_tokens=8,
         temperature=0,
         stream=True,

@@ -125,7 +125,7 @@ pub struct Daemon {
     stderr: Arc<Mutex<String>>,
 }
 
-/// The config used by [`Daemon::start`] for `model`, plus `extra` TOML appended.
+/// The base config used by [`Daemon::start`] for `model`, plus `extra` TOML appended.
 pub fn config_text(model: &Path, socket: &Path, extra: &str) -> String {
     format!(
         "[model]\npath = \"{}\"\ncontext = 1024\nthreads = 2\n\n[api]\nsocket = \"{}\"\nshutdown_timeout = \"5s\"\n{extra}\n",
@@ -135,19 +135,22 @@ pub fn config_text(model: &Path, socket: &Path, extra: &str) -> String {
 }
 
 impl Daemon {
-    /// Starts a daemon on `model` with `extra` config appended and waits for `READY=1`.
-    pub fn start(model: &Path, extra: &str) -> Self {
-        let daemon = Self::spawn(model, extra, &[]);
+    /// Starts a daemon on `model` and waits for `READY=1`. `dropin` is written to
+    /// `config.d/50-test.toml` beside the base config (it may override any key).
+    pub fn start(model: &Path, dropin: &str) -> Self {
+        let daemon = Self::spawn(model, dropin, &[]);
         daemon.wait_ready();
         daemon
     }
 
     /// Starts a daemon without waiting for it.
-    pub fn spawn(model: &Path, extra: &str, env: &[(&str, &str)]) -> Self {
+    pub fn spawn(model: &Path, dropin: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("outpost.sock");
         let config = dir.path().join("outpost.toml");
-        std::fs::write(&config, config_text(model, &socket, extra)).unwrap();
+        std::fs::write(&config, config_text(model, &socket, "")).unwrap();
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        std::fs::write(dir.path().join("config.d/50-test.toml"), dropin).unwrap();
         let notify_path = dir.path().join("notify.sock");
         let notifications = Notifications::listen(&notify_path);
         // systemd sets WATCHDOG_PID to the service's pid; a shell that execs keeps its pid.

@@ -116,7 +116,7 @@ fn admin_endpoints_check_the_callers_uid() {
         return;
     }
     let model = tiny_model(1);
-    let daemon = Daemon::start(&model, "admin_uids = [4242]\n");
+    let daemon = Daemon::start(&model, "[api]\nadmin_uids = [4242]\n");
     // Other endpoints are open to every uid that can reach the socket.
     assert_eq!(curl_as(65534, &daemon.socket, "GET", "/v1/models").0, 200);
     let (code, body) = curl_as(65534, &daemon.socket, "POST", "/admin/reload");

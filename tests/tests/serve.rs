@@ -199,7 +199,7 @@ fn four_concurrent_clients_all_succeed() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after() {
-    let daemon = Daemon::start(&tiny_model(1), "queue = 1\n");
+    let daemon = Daemon::start(&tiny_model(1), "[api]\nqueue = 1\n");
     let socket = daemon.socket.clone();
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -220,22 +220,49 @@ fn full_queue_answers_503_with_retry_after() {
     }
 }
 
-#[test]
-fn a_client_that_disconnects_cancels_its_generation() {
-    let daemon = Daemon::start(&tiny_model(1), "");
-    let body =
-        json!({ "messages": user("Talk forever."), "max_tokens": 900, "temperature": 0, "stream": true });
-    let (status, mut sse) = Sse::open(&daemon.socket, "/v1/chat/completions", &body.to_string());
-    assert_eq!(status, 200);
-    assert!(sse.next_chunk().is_some());
-    assert!(sse.next_chunk().is_some());
-    drop(sse);
-    // The engine notices at the next token and is free again.
+/// Waits until no generation runs (panics after 10 s).
+fn wait_idle(daemon: &Daemon) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while daemon.metric("outpost_active_generations") > 0.0 {
         assert!(std::time::Instant::now() < deadline, "generation still running after disconnect");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let generated = daemon.metric("outpost_completion_tokens_total");
-    assert!(generated < 900.0, "generated {generated} tokens for a client that left");
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_generation() {
+    // A long context so an uncancelled generation would run for seconds.
+    let daemon = Daemon::start(&tiny_model(1), "[model]\ncontext = 4096\n");
+    let max = 4000;
+
+    // Streamed: read two chunks, hang up.
+    let body = json!({ "messages": user("Talk forever."), "max_tokens": max, "temperature": 0, "stream": true });
+    let (status, mut sse) = Sse::open(&daemon.socket, "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200);
+    assert!(sse.next_chunk().is_some());
+    assert!(sse.next_chunk().is_some());
+    drop(sse);
+    wait_idle(&daemon);
+    let after_stream = daemon.metric("outpost_completion_tokens_total");
+    assert!(after_stream < f64::from(max), "generated {after_stream} tokens for a client that left");
+
+    // Not streamed: hang up while the answer is being generated.
+    let body = json!({ "messages": user("Talk on and on."), "max_tokens": max, "temperature": 0 });
+    let stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.to_string().len()
+    );
+    std::io::Write::write_all(&mut &stream, request.as_bytes()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while daemon.metric("outpost_active_generations") == 0.0 {
+        assert!(std::time::Instant::now() < deadline, "generation never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    drop(stream);
+    wait_idle(&daemon);
+    let generated = daemon.metric("outpost_completion_tokens_total") - after_stream;
+    assert!(generated < f64::from(max), "generated {generated} tokens for a client that left");
+    assert_eq!(daemon.chat(&json!({ "messages": user("still there?"), "max_tokens": 2 })).status, 200);
 }

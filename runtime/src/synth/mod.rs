@@ -307,10 +307,10 @@ fn quantize(input: &Path, output: &Path, quant: Quant, threads: usize) -> Result
         })
     };
     let (c_input, c_output) = (c_path(input)?, c_path(output)?);
-    // SAFETY: plain C calls; llama_backend_init is idempotent (it only initialises ggml's
-    // timer and lookup tables), and the parameter struct comes from llama.cpp's defaults.
+    // The shared backend also routes the quantizer's per-tensor log lines to `tracing`.
+    crate::engine::backend();
+    // SAFETY: plain C calls; the parameter struct comes from llama.cpp's defaults.
     let status = unsafe {
-        llama_cpp_sys_2::llama_backend_init();
         let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
         params.ftype = quant.ftype();
         params.nthread = i32::try_from(threads).unwrap_or(i32::MAX);

@@ -1,14 +1,11 @@
 //! End-to-end tests: write `tiny` models, load them with llama.cpp, tokenize, template, decode.
 
 use std::error::Error;
-use std::ffi::CString;
 use std::fs;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
@@ -22,24 +19,7 @@ type TestResult = Result<(), Box<dyn Error>>;
 
 const PROMPT: &str = "Hello world, what is the capital of France?";
 
-/// One llama backend for the whole test binary (`LlamaBackend::init` fails the second time).
-fn backend() -> &'static LlamaBackend {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| {
-        // Keep llama.cpp's (very verbose) log out of the test output.
-        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-        match LlamaBackend::init() {
-            Ok(backend) => backend,
-            // Another test in this binary holds the token. The C-level init is idempotent and
-            // this value lives in a static, so it is never dropped (never frees the backend).
-            Err(_) => {
-                // SAFETY: idempotent C initialisation.
-                unsafe { llama_cpp_sys_2::llama_backend_init() };
-                LlamaBackend {}
-            }
-        }
-    })
-}
+use crate::engine::backend;
 
 fn synth(dir: &Path, name: &str, quant: Quant, seed: u64, threads: usize) -> Result<SynthReport, SynthError> {
     backend(); // routes llama.cpp's log (the quantizer's too) away from the test output
@@ -105,23 +85,13 @@ fn check_model(path: &Path, expected_file_type: &str) -> TestResult {
     assert!(chat_tokens.contains(&vocab.eos()));
 
     // Decode the prompt and greedily sample a few tokens.
-    let generated = if expected_file_type != "1" && amx_compiled_in() {
-        generate_without_extra_buffers(path, &chat_tokens)?
-    } else {
-        generate(&model, &chat_tokens)?
-    };
+    let generated = generate(&model, &chat_tokens)?;
     assert!(!generated.is_empty());
     Ok(())
 }
 
 /// Tokens generated per model in the tests.
 const N_GENERATE: usize = 8;
-
-/// Whether this ggml has its AMX kernels (x86 built with `target-cpu=native` on an AMX CPU).
-fn amx_compiled_in() -> bool {
-    // SAFETY: a pure query.
-    unsafe { llama_cpp_sys_2::ggml_cpu_has_amx_int8() != 0 }
-}
 
 /// Checks one row of logits.
 fn check_logits(logits: &[f32]) -> Result<(), String> {
@@ -161,88 +131,6 @@ fn generate(model: &LlamaModel, prompt: &[LlamaToken]) -> Result<Vec<LlamaToken>
         batch.clear();
         batch.add(token, pos, &[0], true)?;
         ctx.decode(&mut batch)?;
-    }
-    Ok(generated)
-}
-
-/// Like [`generate`], through the C API with ggml's extra CPU buffer types (AMX, repacking)
-/// disabled (`use_extra_bufts`, which llama-cpp-2 does not expose).
-///
-/// On x86 with AMX, this llama.cpp's AMX matmul crashes (SIGILL/SIGSEGV in
-/// `tinygemm_kernel_amx`) for every quantized model, a known upstream problem
-/// (ggml-org/llama.cpp PR 26954) unrelated to the file under test.
-fn generate_without_extra_buffers(
-    path: &Path,
-    prompt: &[LlamaToken],
-) -> Result<Vec<LlamaToken>, Box<dyn Error>> {
-    use llama_cpp_sys_2 as sys;
-
-    /// Frees the context and model.
-    struct Handles {
-        model: *mut sys::llama_model,
-        ctx: *mut sys::llama_context,
-    }
-    impl Drop for Handles {
-        fn drop(&mut self) {
-            // SAFETY: both pointers are null or owned by this struct.
-            unsafe {
-                if !self.ctx.is_null() {
-                    sys::llama_free(self.ctx);
-                }
-                if !self.model.is_null() {
-                    sys::llama_model_free(self.model);
-                }
-            }
-        }
-    }
-
-    backend();
-    let c_path = CString::new(path.to_str().ok_or("non-UTF-8 path")?)?;
-    let mut tokens: Vec<i32> = prompt.iter().map(|t| t.0).collect();
-    let mut generated = Vec::new();
-    // SAFETY: C API calls on handles owned by `handles`; logits are read before the next
-    // decode; token buffers outlive the decode that reads them.
-    unsafe {
-        let mut model_params = sys::llama_model_default_params();
-        model_params.use_extra_bufts = false;
-        let mut handles = Handles {
-            model: sys::llama_model_load_from_file(c_path.as_ptr(), model_params),
-            ctx: std::ptr::null_mut(),
-        };
-        if handles.model.is_null() {
-            return Err("llama_model_load_from_file failed".into());
-        }
-        let mut ctx_params = sys::llama_context_default_params();
-        ctx_params.n_ctx = 256;
-        ctx_params.n_batch = 256;
-        ctx_params.n_threads = 2;
-        ctx_params.n_threads_batch = 2;
-        handles.ctx = sys::llama_init_from_model(handles.model, ctx_params);
-        if handles.ctx.is_null() {
-            return Err("llama_init_from_model failed".into());
-        }
-        let vocab = sys::llama_model_get_vocab(handles.model);
-        let n_vocab = usize::try_from(sys::llama_vocab_n_tokens(vocab))?;
-        for _ in 0..N_GENERATE {
-            let batch = sys::llama_batch_get_one(tokens.as_mut_ptr(), i32::try_from(tokens.len())?);
-            let status = sys::llama_decode(handles.ctx, batch);
-            if status != 0 {
-                return Err(format!("llama_decode returned {status}").into());
-            }
-            let logits = sys::llama_get_logits_ith(handles.ctx, -1);
-            if logits.is_null() {
-                return Err("no logits".into());
-            }
-            let logits = std::slice::from_raw_parts(logits, n_vocab);
-            check_logits(logits)?;
-            let best = (0..n_vocab).fold(0, |best, i| if logits[i] > logits[best] { i } else { best });
-            let token = i32::try_from(best)?;
-            generated.push(LlamaToken(token));
-            if sys::llama_vocab_is_eog(vocab, token) {
-                break;
-            }
-            tokens = vec![token];
-        }
     }
     Ok(generated)
 }
