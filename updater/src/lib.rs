@@ -1,0 +1,20 @@
+//! `outpost-updater`: signed, delta-compressed model updates for Outpost boards.
+//!
+//! Release side: [`keys::keygen`], [`release::release`] (full zstd file, chunked deltas,
+//! signed manifest). Device side: [`update::apply`] verifies a manifest against the board's
+//! rules ([`verify`]), stages the new version in the [`store`], switches `current` atomically and
+//! commits; [`update::recover`] finishes or undoes an interrupted update.
+
+pub mod config;
+pub mod delta;
+pub mod fsutil;
+pub mod gguf;
+pub mod io;
+pub mod keys;
+pub mod manifest;
+pub mod release;
+pub mod store;
+#[doc(hidden)]
+pub mod testutil;
+pub mod update;
+pub mod verify;
