@@ -126,9 +126,12 @@ pub struct Daemon {
 }
 
 /// The base config used by [`Daemon::start`] for `model`, plus `extra` TOML appended.
+///
+/// One llama.cpp thread: tests run two at a time on two cores, and ggml's threads spin at every
+/// barrier, so oversubscribing the cores slows generation down by orders of magnitude.
 pub fn config_text(model: &Path, socket: &Path, extra: &str) -> String {
     format!(
-        "[model]\npath = \"{}\"\ncontext = 1024\nthreads = 2\n\n[api]\nsocket = \"{}\"\nshutdown_timeout = \"5s\"\n{extra}\n",
+        "[model]\npath = \"{}\"\ncontext = 1024\nthreads = 1\n\n[api]\nsocket = \"{}\"\nshutdown_timeout = \"5s\"\n{extra}\n",
         model.display(),
         socket.display()
     )

@@ -10,6 +10,12 @@ use std::time::Duration;
 use outpost_e2e::{outpost_bin, python, repo_root, tiny_model, Daemon, Sse};
 use serde_json::json;
 
+/// The last 400 characters of `text`, for assertion messages.
+fn tail(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    chars[chars.len().saturating_sub(400)..].iter().collect()
+}
+
 #[test]
 fn bad_config_exits_78_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,7 +135,7 @@ fn admin_endpoints_check_the_callers_uid() {
 #[test]
 fn sigterm_sends_stopping_finishes_in_flight_and_exits_zero() {
     let mut daemon = Daemon::start(&tiny_model(1), "");
-    let body = json!({ "messages": [{"role": "user", "content": "Go."}], "max_tokens": 200, "stream": true });
+    let body = json!({ "messages": [{"role": "user", "content": "Go."}], "max_tokens": 60, "stream": true });
     let (status, mut stream) = Sse::open(&daemon.socket, "/v1/chat/completions", &body.to_string());
     assert_eq!(status, 200);
     assert!(stream.next_chunk().is_some());
@@ -140,7 +146,9 @@ fn sigterm_sends_stopping_finishes_in_flight_and_exits_zero() {
     while let Some(chunk) = stream.next_chunk() {
         rest.extend(chunk);
     }
-    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"));
+    let rest = String::from_utf8_lossy(&rest);
+    let tail = tail(&rest);
+    assert!(rest.contains("[DONE]"), "stream cut by SIGTERM: ...{tail:?}\n{}", daemon.log());
     let exit = daemon.wait(Duration::from_secs(20));
     assert_eq!(exit.code(), Some(0), "{}", daemon.log());
     assert!(daemon.notifications.wait_for("STOPPING=1", Duration::from_secs(1)));
@@ -212,4 +220,32 @@ fn watchdog_pings_come_from_the_engine_and_stop_when_it_is_stuck() {
     assert!(lines.iter().any(|l| l.starts_with("STATUS=engine stuck")), "{lines:?}");
     // /healthz still answers (the process is alive); systemd would now kill and restart it.
     assert_eq!(daemon.request("GET", "/healthz", None).status, 200);
+}
+
+#[test]
+fn sigterm_cancels_what_outlives_the_deadline_and_still_exits_zero() {
+    let mut daemon =
+        Daemon::start(&tiny_model(1), "[model]\ncontext = 4096\n[api]\nshutdown_timeout = \"300ms\"\n");
+    // Greedy decoding of this model runs to max_tokens without an end-of-generation token.
+    let body = json!({
+        "messages": [{"role": "user", "content": "Go on forever."}],
+        "max_tokens": 4000, "temperature": 0, "stream": true
+    });
+    let (status, mut stream) = Sse::open(&daemon.socket, "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200);
+    assert!(stream.next_chunk().is_some());
+    let started = std::time::Instant::now();
+    let pid = nix::unistd::Pid::from_raw(daemon.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next_chunk() {
+        rest.extend(chunk);
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    let tail = tail(&rest);
+    assert!(rest.contains("\"code\":\"shutting_down\""), "the stream must say why it ended: ...{tail:?}");
+    assert!(!rest.contains("[DONE]"));
+    assert_eq!(daemon.wait(Duration::from_secs(20)).code(), Some(0), "{}", daemon.log());
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    assert!(daemon.log().contains("outlived the shutdown deadline"));
 }

@@ -236,7 +236,8 @@ fn a_client_that_disconnects_cancels_its_generation() {
     let max = 4000;
 
     // Streamed: read two chunks, hang up.
-    let body = json!({ "messages": user("Talk forever."), "max_tokens": max, "temperature": 0, "stream": true });
+    let body =
+        json!({ "messages": user("Talk forever."), "max_tokens": max, "temperature": 0, "stream": true });
     let (status, mut sse) = Sse::open(&daemon.socket, "/v1/chat/completions", &body.to_string());
     assert_eq!(status, 200);
     assert!(sse.next_chunk().is_some());
