@@ -13,7 +13,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use serde::Serialize;
 
 use super::{backend, LoadError};
-use crate::config::Config;
+use crate::config::{Config, FlashAttention};
 
 /// The template used when the GGUF carries none that llama.cpp can apply.
 pub const DEFAULT_CHAT_TEMPLATE: &str = "chatml";
@@ -26,6 +26,7 @@ pub(crate) struct LoadSettings {
     threads: i32,
     batch: u32,
     gpu_layers: u32,
+    flash_attention: FlashAttention,
     chat_template: Option<String>,
 }
 
@@ -38,6 +39,7 @@ impl LoadSettings {
             threads: i32::try_from(m.threads).unwrap_or(4),
             batch: m.batch,
             gpu_layers: m.gpu_layers,
+            flash_attention: m.flash_attention(),
             chat_template: m.chat_template.clone(),
         }
     }
@@ -134,7 +136,12 @@ impl LoadedModel {
             .with_n_batch(settings.batch)
             .with_n_ubatch(settings.batch.min(512))
             .with_n_threads(settings.threads)
-            .with_n_threads_batch(settings.threads);
+            .with_n_threads_batch(settings.threads)
+            .with_flash_attention_policy(match settings.flash_attention {
+                FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            });
         let cell = ModelCell::try_new(model, |model| model.new_context(backend, ctx_params))
             .map_err(|_| LoadError::Context { path: shown, context: settings.context })?;
         Ok(Self { cell, template, info: Arc::new(info), batch: settings.batch })
