@@ -6,6 +6,7 @@
 //! - 78 (`EX_CONFIG`): the configuration is invalid; restarting cannot help
 //!   (`RestartPreventExitStatus=78`).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -95,13 +96,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // stderr only: under systemd it reaches the journal too, so one line, not two.
             if let Some(config) = err.downcast_ref::<ConfigError>() {
-                tracing::error!("invalid configuration: {config}");
                 eprintln!("outpost: invalid configuration: {config}");
                 return ExitCode::from(EXIT_CONFIG);
             }
             let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-            tracing::error!("{}", chain.join(": "));
             eprintln!("outpost: {}", chain.join(": "));
             ExitCode::from(EXIT_FAILURE)
         }
@@ -126,7 +126,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let config = load_config(config)?;
-            println!("{config:#?}");
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout(), "{config:#?}");
         }
         Command::SynthModel { preset, quant, seed, threads, out } => {
             let threads = if threads == 0 {
