@@ -1,8 +1,8 @@
 //! Both daemons together: `outpost-updater` installs signed releases into the store that a real
 //! `outpost serve` loads from, and the runtime reports what the updater installed.
 //!
-//! (The updater's own trial/commit against the socket is not built yet; this test reloads the
-//! runtime itself after each apply, as that step will.)
+//! Here no `runtime_socket` is configured (`runtime_absent = "commit"`): the updater commits
+//! untried and the test reloads the runtime itself; `updater_trial.rs` covers the trial.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -52,7 +52,7 @@ fn runtime_serves_what_the_updater_installed_and_rolled_back() {
     std::fs::write(
         &config,
         format!(
-            "[updater]\nstore = {:?}\ntrusted_keys = [{:?}]\nthreshold = 1\ndevice_class = \"test-board\"\n",
+            "[updater]\nstore = {:?}\ntrusted_keys = [{:?}]\nthreshold = 1\ndevice_class = \"test-board\"\nruntime_absent = \"commit\"\n",
             store.display().to_string(),
             keys.join("release.pub").display().to_string()
         ),

@@ -2,8 +2,9 @@
 //! file, the key and the reason; `main` maps them to exit code 78 (`EX_CONFIG`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::keys::{self, TrustedKeys};
 
@@ -35,6 +36,32 @@ pub struct UpdaterConfig {
     pub runtime_socket: PathBuf,
     /// This board's class; a manifest must list it.
     pub device_class: String,
+    /// How long the trial after a switch may take: `/admin/reload`, `/v1/models` reporting the
+    /// new version and a one-token generation must all finish within it (e.g. `"60s"`, `"2m"`).
+    #[serde(default = "default_trial_timeout", deserialize_with = "duration")]
+    pub trial_timeout: Duration,
+    /// Trials a new version gets before it is rolled back unconditionally. A trial that fails
+    /// rolls back at once; this bounds the trials interrupted by a crash or reboot (counted in the
+    /// journal), so a version that takes the board down during its trial is abandoned.
+    #[serde(default = "default_max_trials")]
+    pub max_trials: u32,
+    /// What a trial does when nothing listens on `runtime_socket` (the runtime is not running):
+    /// `"fail"` (default) counts it as a failed trial and switches back; `"commit"` commits the
+    /// untried version (the runtime loads it when it starts). A first install, with no previous
+    /// version to go back to, is committed either way.
+    #[serde(default)]
+    pub runtime_absent: RuntimeAbsent,
+}
+
+/// `runtime_absent`: what a trial does when the runtime is not running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeAbsent {
+    /// A failed trial: switch back to the previous version.
+    #[default]
+    Fail,
+    /// Commit the new version without a trial.
+    Commit,
 }
 
 fn default_store() -> PathBuf {
@@ -45,6 +72,16 @@ fn default_threshold() -> usize {
 }
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/outpost/outpost.sock")
+}
+fn default_trial_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_trials() -> u32 {
+    3
+}
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
 }
 
 /// A configuration that could not be loaded: which file, which key, why.
@@ -114,6 +151,12 @@ impl Settings {
         if u.runtime_socket.as_os_str().is_empty() {
             return Err(key_err("updater.runtime_socket", "must not be empty".into()));
         }
+        if u.trial_timeout.is_zero() {
+            return Err(key_err("updater.trial_timeout", "must be longer than zero".into()));
+        }
+        if !(1..=10).contains(&u.max_trials) {
+            return Err(key_err("updater.max_trials", "must be between 1 and 10".into()));
+        }
         if u.device_class.is_empty()
             || !u.device_class.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
@@ -175,6 +218,17 @@ mod tests {
         assert_eq!(s.updater.store, Path::new("/var/lib/outpost/models"));
         assert_eq!(s.updater.threshold, 1);
         assert_eq!(s.keys.len(), 1);
+        assert_eq!(s.updater.trial_timeout, Duration::from_secs(120));
+        assert_eq!(s.updater.max_trials, 3);
+        assert_eq!(s.updater.runtime_absent, RuntimeAbsent::Fail);
+        let s = load(&format!(
+            "[updater]\ntrusted_keys = [{key:?}]\ndevice_class = \"a\"\ntrial_timeout = \"90s\"\nmax_trials = 2\nruntime_absent = \"commit\"\n",
+            key = key.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(s.updater.trial_timeout, Duration::from_secs(90));
+        assert_eq!(s.updater.max_trials, 2);
+        assert_eq!(s.updater.runtime_absent, RuntimeAbsent::Commit);
     }
 
     #[test]
@@ -196,6 +250,22 @@ mod tests {
                 "updater.threshold",
             ),
             (format!("[updater]\ntrusted_keys = [{k:?}]\ndevice_class = \"a/b\"\n"), "updater.device_class"),
+            (
+                format!(
+                    "[updater]\ntrusted_keys = [{k:?}]\ndevice_class = \"a\"\ntrial_timeout = \"soon\"\n"
+                ),
+                "updater.trial_timeout",
+            ),
+            (
+                format!("[updater]\ntrusted_keys = [{k:?}]\ndevice_class = \"a\"\nmax_trials = 0\n"),
+                "updater.max_trials",
+            ),
+            (
+                format!(
+                    "[updater]\ntrusted_keys = [{k:?}]\ndevice_class = \"a\"\nruntime_absent = \"maybe\"\n"
+                ),
+                "updater.runtime_absent",
+            ),
             (
                 format!("[updater]\ntrusted_keys = [{k:?}]\ndevice_class = \"a\"\nstore = \"rel\"\n"),
                 "updater.store",

@@ -2,8 +2,9 @@
 //!
 //! Release side: [`keys::keygen`], [`release::release`] (full zstd file, chunked deltas,
 //! signed manifest). Device side: [`update::apply`] verifies a manifest against the board's
-//! rules ([`verify`]), stages the new version in the [`store`], switches `current` atomically and
-//! commits; [`update::recover`] finishes or undoes an interrupted update.
+//! rules ([`verify`]), stages the new version in the [`store`], switches `current` atomically,
+//! tries it on the runtime ([`trial`]) and commits or switches back; [`update::recover`]
+//! finishes or undoes an interrupted update.
 
 pub mod config;
 pub mod delta;
@@ -16,5 +17,6 @@ pub mod release;
 pub mod store;
 #[doc(hidden)]
 pub mod testutil;
+pub mod trial;
 pub mod update;
 pub mod verify;

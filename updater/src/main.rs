@@ -2,7 +2,8 @@
 //!
 //! Exit codes (part of the systemd unit's contract):
 //! - 0: done,
-//! - 1: failed (an update refused or interrupted leaves the store as it was),
+//! - 1: failed (an update refused, interrupted or failing its trial on the runtime leaves the
+//!   store as it was, with the failure recorded for `status`),
 //! - 78 (`EX_CONFIG`): the configuration is invalid; retrying cannot help.
 
 use std::path::PathBuf;
@@ -64,7 +65,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Verify and install the release described by a local manifest.json.
+    /// Verify and install the release described by a local manifest.json, try it on the runtime
+    /// (reload, version check, one-token generation) and commit it, or switch back.
     Apply {
         /// Path of the manifest (artifacts are read beside it).
         manifest: PathBuf,
@@ -75,7 +77,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Switch back to the previous committed version.
+    /// Switch back to the previous committed version (and ask the runtime to reload it).
     Rollback,
 }
 
@@ -163,6 +165,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "linked": store.linked_version(),
                 "state": journal.as_ref().map_or("idle".to_owned(), |j| format!("{:?}", j.step).to_lowercase()),
                 "updating_to": journal.as_ref().map(|j| &j.version),
+                "trials": journal.as_ref().map(|j| j.trials),
+                "failed": state.failed,
                 "latest_known_time": state.latest_known_time,
                 "last_failure": state.last_failure,
             });
@@ -183,9 +187,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback => {
             let settings = Settings::load(&cli.config)?;
             let store = Store::new(&settings.updater.store);
-            update::recover(&store, now)?;
+            update::recover(&settings, &store, now)?;
             let to = store.rollback()?;
             println!("rolled back to {}", to.version);
+            // The store is what counts; a runtime that is not running loads it when it starts.
+            if let Err(err) = update::reload_runtime(&settings) {
+                tracing::warn!(%err, "cannot reload the runtime");
+            }
         }
     }
     Ok(())

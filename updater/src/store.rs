@@ -4,7 +4,7 @@
 //! <store>/versions/<version>/model.gguf     one directory per version
 //! <store>/versions/<version>/manifest.json  the signed manifest it came with
 //! <store>/current -> versions/<version>     what the runtime loads (current/model.gguf)
-//! <store>/state.json                        committed versions, latest known time
+//! <store>/state.json                        committed versions, latest known time, failures
 //! <store>/journal.json                      the update in progress, if any
 //! <store>/staging/                          an update being built (never loaded)
 //! ```
@@ -76,6 +76,9 @@ pub struct State {
     pub latest_known_time: Option<String>,
     /// The last failed update, for `status`.
     pub last_failure: Option<String>,
+    /// The last version whose trial failed (the runtime could not load or serve it): `apply`
+    /// refuses this exact version and hash again, so a periodic check cannot loop on it.
+    pub failed: Option<Committed>,
 }
 
 /// Steps of an update, recorded in `journal.json` before moving on.
@@ -103,6 +106,10 @@ pub struct Journal {
     pub created: String,
     /// The version `current` pointed at before, if any.
     pub from: Option<Committed>,
+    /// Trials started for this version (recorded before each starts, so one interrupted by a
+    /// crash or reboot counts); at `max_trials` recovery switches back instead of trying again.
+    #[serde(default)]
+    pub trials: u32,
 }
 
 /// A model store rooted at a directory.

@@ -1,11 +1,22 @@
 //! Installing a release on the device: verify the manifest, stage the new version, switch
-//! `current`, commit; and recovering an update that was interrupted at any step.
+//! `current`, try it on the runtime, commit; and recovering an update that was interrupted at
+//! any step.
 //!
 //! Journal steps (each recorded atomically before the next action):
 //! 1. `staging`: `staging/<v>` is being built from the verified artifact. Recovery: undo.
 //! 2. `staged`: `versions/<v>` holds the verified model and manifest. Recovery: re-hash the
-//!    model, then switch and commit (or undo if it does not match).
-//! 3. `switched`: `current` points at `<v>`. Recovery: re-hash, commit (or switch back).
+//!    model, then switch and try it (or undo if it does not match).
+//! 3. `switched`: `current` points at `<v>`; the journal counts the trials started. Recovery:
+//!    re-hash, then try again, unless `max_trials` were already started (a version that takes
+//!    the board down during its trial), which switches back and records the failure.
+//!
+//! The trial ([`crate::trial`]): `POST /admin/reload` on the runtime socket, `/v1/models` must
+//! report the new version, and a one-token chat completion must answer 200, all within
+//! `trial_timeout`. Only then is the version committed (the highest committed version moves).
+//! A failed trial switches `current` back, reloads the runtime on the old model, records the
+//! failure in `state.json` (`last_failure`, `failed`) and refuses that version again. When the
+//! runtime is not running, `runtime_absent` decides (default: a failed trial); a first install,
+//! with nothing to go back to, is committed untried.
 //!
 //! Every refusal before the journal's first write leaves the disk untouched; a failure after it
 //! is undone before returning, so the store looks as it did before the attempt.
@@ -13,12 +24,13 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::config::Settings;
+use crate::config::{RuntimeAbsent, Settings};
 use crate::delta::{self, DeltaError};
 use crate::fsutil::{self, FsError};
 use crate::io::{copy_verified, hash_stream, StreamError};
 use crate::manifest::{format_time, parse_time, Artifact, ArtifactKind, Manifest, ManifestError};
 use crate::store::{Committed, Journal, State, Step, Store, StoreError, MANIFEST_FILE, MODEL_FILE};
+use crate::trial::{Runtime, TrialError};
 use crate::verify::{self, Policy, TrustState, VerifyError};
 
 /// Free space kept beyond what an update needs.
@@ -63,6 +75,22 @@ pub enum UpdateError {
         need: u64,
         /// Bytes free.
         have: u64,
+    },
+    /// The new version failed its trial on the runtime; `current` was switched back.
+    #[error("version {version} failed its trial and was rolled back: {source}")]
+    Trial {
+        /// The version tried.
+        version: String,
+        /// Why the trial failed.
+        source: TrialError,
+    },
+    /// This exact version (same hash) failed its trial before and is not tried again.
+    #[error("version {version} (sha256 {sha256}) failed its trial before; it is not tried again")]
+    FailedBefore {
+        /// The version.
+        version: String,
+        /// Its target hash.
+        sha256: String,
     },
     /// An I/O step failed.
     #[error("cannot {op} {path}: {source}")]
@@ -118,8 +146,9 @@ fn file_sha256(path: &Path) -> Option<String> {
 }
 
 /// Crashes the process at a named point when `OUTPOST_UPDATER_CRASH_AT` names it (tests use it
-/// to kill the updater at every journal step).
-fn crash_point(name: &str) {
+/// to kill the updater at every journal step, and with `trial` inside the trial, right after the
+/// runtime reloaded the new version).
+pub(crate) fn crash_point(name: &str) {
     if std::env::var("OUTPOST_UPDATER_CRASH_AT").is_ok_and(|v| v == name) {
         std::process::abort();
     }
@@ -128,7 +157,7 @@ fn crash_point(name: &str) {
 /// Verifies the manifest at `manifest_path` and installs its version into the store.
 pub fn apply(settings: &Settings, manifest_path: &Path, now: SystemTime) -> Result<Outcome, UpdateError> {
     let store = Store::new(&settings.updater.store);
-    recover(&store, now)?;
+    recover(settings, &store, now)?;
     let (manifest, raw) = Manifest::read(manifest_path)?;
     let state = store.state()?;
     let policy = Policy {
@@ -141,6 +170,9 @@ pub fn apply(settings: &Settings, manifest_path: &Path, now: SystemTime) -> Resu
     let target = Committed { version: s.version.clone(), sha256: s.target.sha256.clone() };
     if state.current.as_ref() == Some(&target) && store.linked_version().as_deref() == Some(&*s.version) {
         return Ok(Outcome::AlreadyCurrent(target));
+    }
+    if state.failed.as_ref() == Some(&target) {
+        return Err(UpdateError::FailedBefore { version: target.version, sha256: target.sha256 });
     }
 
     let current_sha = state.current.as_ref().map(|c| c.sha256.clone());
@@ -165,13 +197,14 @@ pub fn apply(settings: &Settings, manifest_path: &Path, now: SystemTime) -> Resu
         sha256: s.target.sha256.clone(),
         created: format_time(verified.created),
         from: state.current.clone(),
+        trials: 0,
     };
     let result = stage_and_switch(&store, &journal, &manifest, &raw, artifact, &source);
     if let Err(err) = result {
         undo(&store, &journal)?;
         return Err(err);
     }
-    commit(&store, &journal, now)?;
+    try_and_commit(settings, &store, &journal, now)?;
     Ok(Outcome::Installed {
         version: target,
         artifact: artifact.name.clone(),
@@ -271,6 +304,72 @@ fn undo(store: &Store, journal: &Journal) -> Result<(), UpdateError> {
     Ok(())
 }
 
+/// Runs one trial of the switched version and commits it, or switches back and records why.
+/// The trial is counted in the journal before it starts, so one a crash interrupts counts too.
+fn try_and_commit(
+    settings: &Settings,
+    store: &Store,
+    journal: &Journal,
+    now: SystemTime,
+) -> Result<(), UpdateError> {
+    let cfg = &settings.updater;
+    let journal =
+        Journal { step: Step::Switched, trials: journal.trials.saturating_add(1), ..journal.clone() };
+    store.write_journal(&journal)?;
+    tracing::info!(version = %journal.version, trial = journal.trials, max = cfg.max_trials, "trying the new version on the runtime");
+    let runtime = Runtime::new(&cfg.runtime_socket, cfg.trial_timeout);
+    match runtime.trial(&journal.version, &journal.sha256) {
+        Ok(()) => {
+            tracing::info!(version = %journal.version, "trial passed; committing");
+            commit(store, &journal, now)
+        }
+        Err(err)
+            if err.is_runtime_absent()
+                && (journal.from.is_none() || cfg.runtime_absent == RuntimeAbsent::Commit) =>
+        {
+            tracing::warn!(version = %journal.version, %err, "committing without a trial");
+            commit(store, &journal, now)
+        }
+        Err(err) => {
+            let reason =
+                format!("{}: trial {}/{} failed: {err}", journal.version, journal.trials, cfg.max_trials);
+            abandon(settings, store, &journal, reason, err.blames_version())?;
+            Err(UpdateError::Trial { version: journal.version.clone(), source: err })
+        }
+    }
+}
+
+/// Gives up on an uncommitted version: records why in `state.json` (and, when the version itself
+/// is to blame, marks it failed so it is not tried again), switches `current` back, removes the
+/// version, and asks the runtime to load the previous model again.
+fn abandon(
+    settings: &Settings,
+    store: &Store,
+    journal: &Journal,
+    reason: String,
+    version_to_blame: bool,
+) -> Result<(), UpdateError> {
+    tracing::warn!(%reason, "switching back to the previous version");
+    let mut state = store.state()?;
+    state.last_failure = Some(reason);
+    if version_to_blame {
+        state.failed = Some(Committed { version: journal.version.clone(), sha256: journal.sha256.clone() });
+    }
+    store.write_state(&state)?;
+    undo(store, journal)?;
+    if journal.from.is_some() {
+        if let Err(err) = reload_runtime(settings) {
+            tracing::warn!(%err, "cannot reload the runtime on the previous version");
+        }
+    }
+    Ok(())
+}
+
+/// Asks the runtime to load `current` again (after a rollback), within `trial_timeout`.
+pub fn reload_runtime(settings: &Settings) -> Result<(), TrialError> {
+    Runtime::new(&settings.updater.runtime_socket, settings.updater.trial_timeout).reload()
+}
+
 /// Records the switched version as committed, then collects old versions.
 fn commit(store: &Store, journal: &Journal, now: SystemTime) -> Result<(), UpdateError> {
     let mut state = store.state()?;
@@ -302,8 +401,11 @@ fn commit(store: &Store, journal: &Journal, now: SystemTime) -> Result<(), Updat
     Ok(())
 }
 
-/// Finishes or undoes an update a crash interrupted; a no-op when there is none.
-pub fn recover(store: &Store, now: SystemTime) -> Result<(), UpdateError> {
+/// Finishes or undoes an update a crash interrupted; a no-op when there is none. A switched but
+/// uncommitted version is tried again (counting the trial) or, after `max_trials`, abandoned; a
+/// failed trial during recovery leaves the previous version current and is recorded, not
+/// returned, so the command that recovered can go on.
+pub fn recover(settings: &Settings, store: &Store, now: SystemTime) -> Result<(), UpdateError> {
     let Some(journal) = store.journal()? else {
         if store.staging_root().exists() {
             store.clear_staging()?;
@@ -318,10 +420,24 @@ pub fn recover(store: &Store, now: SystemTime) -> Result<(), UpdateError> {
             undo(store, &journal)
         }
         Step::Staged | Step::Switched if verified() => {
-            tracing::info!(version = %journal.version, step = ?journal.step, "finishing an interrupted update");
+            let target = Committed { version: journal.version.clone(), sha256: journal.sha256.clone() };
+            let max = settings.updater.max_trials;
+            if journal.trials >= max || store.state()?.failed.as_ref() == Some(&target) {
+                let reason = format!(
+                    "{}: gave up after {} trial(s) interrupted before commit (crash or reboot)",
+                    journal.version, journal.trials
+                );
+                return abandon(settings, store, &journal, reason, true);
+            }
+            tracing::info!(version = %journal.version, step = ?journal.step, trials = journal.trials, "resuming an interrupted update");
             store.switch_to(&journal.version)?;
-            store.write_journal(&Journal { step: Step::Switched, ..journal.clone() })?;
-            commit(store, &journal, now)
+            match try_and_commit(settings, store, &journal, now) {
+                Err(UpdateError::Trial { version, source }) => {
+                    tracing::warn!(%version, err = %source, "the interrupted update failed its trial; rolled back");
+                    Ok(())
+                }
+                other => other,
+            }
         }
         Step::Staged | Step::Switched => {
             tracing::warn!(version = %journal.version, "interrupted update does not verify; undoing it");

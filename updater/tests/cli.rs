@@ -58,7 +58,7 @@ fn keygen_release_apply_rollback_and_gc() {
     std::fs::write(
         &cfg,
         format!(
-            "[updater]\nstore = {:?}\ntrusted_keys = [{:?}, {:?}]\ndevice_class = \"{}\"\n",
+            "[updater]\nstore = {:?}\ntrusted_keys = [{:?}, {:?}]\ndevice_class = \"{}\"\nruntime_absent = \"commit\"\n",
             f.store().display().to_string(),
             f.path().join("k1/release.pub").display().to_string(),
             keydir.join("release.pub").display().to_string(),
@@ -142,4 +142,35 @@ fn killed_at_every_step_recovers_to_old_or_new() {
         ok(updater(&cfg, &["apply", m2.to_str().unwrap()], None));
         assert_eq!(f.current_sha(), Some(new.clone()), "{point}");
     }
+}
+
+#[test]
+fn a_runtime_not_running_fails_the_trial_by_default() {
+    let f = Fixture::new();
+    let cfg = f.path().join("strict.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[updater]\nstore = {:?}\ntrusted_keys = [{:?}]\ndevice_class = \"{}\"\nruntime_socket = {:?}\n",
+            f.store().display().to_string(),
+            f.path().join("k1/release.pub").display().to_string(),
+            common::CLASS,
+            f.path().join("absent.sock").display().to_string(),
+        ),
+    )
+    .unwrap();
+    // A first install has nothing to go back to: committed untried.
+    ok(updater(&cfg, &["apply", f.rel1.join("manifest.json").to_str().unwrap()], None));
+    let out = updater(&cfg, &["apply", f.rel2.join("manifest.json").to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runtime is not running"), "{out:?}");
+    assert_eq!(f.current_sha(), Some(sha_of(&f.v1)));
+    let st = status(&cfg);
+    assert_eq!(st["state"], "idle");
+    assert_eq!(st["current"]["version"], "1.0.0");
+    assert_eq!(st["highest_committed"]["version"], "1.0.0");
+    assert!(st["last_failure"].as_str().unwrap().contains("trial 1/3 failed"), "{st}");
+    // The version is not to blame: it may be tried again once the runtime runs.
+    assert!(st["failed"].is_null(), "{st}");
+    assert!(!f.store().join("versions/1.1.0").exists());
 }

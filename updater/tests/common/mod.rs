@@ -103,16 +103,19 @@ impl Fixture {
         self.path().join("store")
     }
 
-    /// A config file trusting the given key dirs.
+    /// A config file trusting the given key dirs. No runtime runs in these tests: the socket is
+    /// absent and `runtime_absent = "commit"` commits untried (the trial has its own tests).
     pub fn config(&self, keys: &[&str], threshold: usize) -> PathBuf {
         let list: Vec<String> = keys
             .iter()
             .map(|k| format!("{:?}", self.path().join(k).join("release.pub").display().to_string()))
             .collect();
         let text = format!(
-            "[updater]\nstore = {:?}\ntrusted_keys = [{}]\nthreshold = {threshold}\ndevice_class = \"{CLASS}\"\n",
+            "[updater]\nstore = {:?}\ntrusted_keys = [{}]\nthreshold = {threshold}\ndevice_class = \"{CLASS}\"\n\
+             runtime_socket = {:?}\nruntime_absent = \"commit\"\n",
             self.store().display().to_string(),
-            list.join(", ")
+            list.join(", "),
+            self.path().join("no-runtime.sock").display().to_string()
         );
         let path = self.path().join(format!("updater-{}-{threshold}.toml", keys.join("-")));
         std::fs::write(&path, text).unwrap();
