@@ -281,3 +281,27 @@ pub fn repo_root() -> PathBuf {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root").to_path_buf()).clone()
 }
+
+/// Runs `outpost-updater` with `args`, optionally crashing it at a named step
+/// (`OUTPOST_UPDATER_CRASH_AT`), and returns its output.
+pub fn updater_output(args: &[&str], crash_at: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(bin_dir().join("outpost-updater"));
+    cmd.args(args);
+    match crash_at {
+        Some(point) => cmd.env("OUTPOST_UPDATER_CRASH_AT", point),
+        None => cmd.env_remove("OUTPOST_UPDATER_CRASH_AT"),
+    };
+    cmd.output().unwrap()
+}
+
+/// Runs `outpost-updater` with `args`, panics with its output unless it succeeds, returns stdout.
+pub fn updater(args: &[&str]) -> String {
+    let out = updater_output(args, None);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "outpost-updater {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

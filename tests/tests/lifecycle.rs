@@ -10,6 +10,21 @@ use std::time::Duration;
 use outpost_e2e::{outpost_bin, python, repo_root, tiny_model, Daemon, Sse};
 use serde_json::json;
 
+/// Starts a streamed completion, sends SIGTERM once its first chunk arrived, and returns the
+/// rest of the stream as the daemon finished it.
+fn sigterm_during_stream(daemon: &Daemon, body: &serde_json::Value) -> String {
+    let (status, mut stream) = Sse::open(&daemon.socket, "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200);
+    assert!(stream.next_chunk().is_some());
+    let pid = nix::unistd::Pid::from_raw(daemon.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next_chunk() {
+        rest.extend(chunk);
+    }
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
 /// The last 400 characters of `text`, for assertion messages.
 fn tail(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
@@ -136,17 +151,8 @@ fn admin_endpoints_check_the_callers_uid() {
 fn sigterm_sends_stopping_finishes_in_flight_and_exits_zero() {
     let mut daemon = Daemon::start(&tiny_model(1), "");
     let body = json!({ "messages": [{"role": "user", "content": "Go."}], "max_tokens": 60, "stream": true });
-    let (status, mut stream) = Sse::open(&daemon.socket, "/v1/chat/completions", &body.to_string());
-    assert_eq!(status, 200);
-    assert!(stream.next_chunk().is_some());
-    let pid = nix::unistd::Pid::from_raw(daemon.pid());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     // The in-flight stream still ends properly.
-    let mut rest = Vec::new();
-    while let Some(chunk) = stream.next_chunk() {
-        rest.extend(chunk);
-    }
-    let rest = String::from_utf8_lossy(&rest);
+    let rest = sigterm_during_stream(&daemon, &body);
     let tail = tail(&rest);
     assert!(rest.contains("[DONE]"), "stream cut by SIGTERM: ...{tail:?}\n{}", daemon.log());
     let exit = daemon.wait(Duration::from_secs(20));
@@ -231,17 +237,8 @@ fn sigterm_cancels_what_outlives_the_deadline_and_still_exits_zero() {
         "messages": [{"role": "user", "content": "Go on forever."}],
         "max_tokens": 4000, "temperature": 0, "stream": true
     });
-    let (status, mut stream) = Sse::open(&daemon.socket, "/v1/chat/completions", &body.to_string());
-    assert_eq!(status, 200);
-    assert!(stream.next_chunk().is_some());
     let started = std::time::Instant::now();
-    let pid = nix::unistd::Pid::from_raw(daemon.pid());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let mut rest = Vec::new();
-    while let Some(chunk) = stream.next_chunk() {
-        rest.extend(chunk);
-    }
-    let rest = String::from_utf8_lossy(&rest);
+    let rest = sigterm_during_stream(&daemon, &body);
     let tail = tail(&rest);
     assert!(rest.contains("\"code\":\"shutting_down\""), "the stream must say why it ended: ...{tail:?}");
     assert!(!rest.contains("[DONE]"));

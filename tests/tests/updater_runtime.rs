@@ -8,19 +8,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use outpost_e2e::{bin_dir, tiny_model, Daemon};
+use outpost_e2e::{tiny_model, updater, Daemon};
 use serde_json::json;
-
-fn updater(args: &[&str]) -> String {
-    let out = Command::new(bin_dir().join("outpost-updater")).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "outpost-updater {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn release(key: &Path, model: &Path, version: &str, base: Option<&Path>, out: &Path) {
     let mut args = vec!["release", "--key", key.to_str().unwrap(), "--model", model.to_str().unwrap()];

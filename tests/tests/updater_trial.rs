@@ -6,31 +6,9 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use outpost_e2e::{bin_dir, tiny_model, Daemon};
+use outpost_e2e::{tiny_model, updater, updater_output as run, Daemon};
 use serde_json::json;
-
-fn run(args: &[&str], crash_at: Option<&str>) -> Output {
-    let mut cmd = Command::new(bin_dir().join("outpost-updater"));
-    cmd.args(args);
-    match crash_at {
-        Some(point) => cmd.env("OUTPOST_UPDATER_CRASH_AT", point),
-        None => cmd.env_remove("OUTPOST_UPDATER_CRASH_AT"),
-    };
-    cmd.output().unwrap()
-}
-
-fn updater(args: &[&str]) -> String {
-    let out = run(args, None);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "outpost-updater {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 /// A store with v1 committed, the runtime serving it, and the updater configured to try new
 /// versions on that runtime.
