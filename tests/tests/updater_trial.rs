@@ -74,6 +74,18 @@ impl Board {
             self.daemon.chat(&json!({ "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2 }));
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
+
+    /// After a failed update to 2.0.0: the runtime serves 1.0.0, nothing is in progress, 1.0.0
+    /// is still the highest committed version and 2.0.0 is recorded as failed. Returns the status.
+    fn assert_back_on_v1_with_v2_failed(&self) -> serde_json::Value {
+        self.assert_serves_v1();
+        let st = self.status();
+        assert_eq!(st["state"], "idle");
+        assert_eq!(st["current"]["version"], "1.0.0");
+        assert_eq!(st["highest_committed"]["version"], "1.0.0");
+        assert_eq!(st["failed"]["version"], "2.0.0");
+        st
+    }
 }
 
 fn write_config(config: &Path, store: &Path, public: &Path, socket: &Path) {
@@ -140,12 +152,7 @@ fn a_model_the_runtime_cannot_load_is_rolled_back() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("failed its trial") && stderr.contains("model_load_failed"), "{stderr}");
-    board.assert_serves_v1();
-    let st = board.status();
-    assert_eq!(st["state"], "idle");
-    assert_eq!(st["current"]["version"], "1.0.0");
-    assert_eq!(st["highest_committed"]["version"], "1.0.0");
-    assert_eq!(st["failed"]["version"], "2.0.0");
+    let st = board.assert_back_on_v1_with_v2_failed();
     let failure = st["last_failure"].as_str().unwrap();
     assert!(
         failure.contains("2.0.0: trial 1/3 failed") && failure.contains("model_load_failed"),
@@ -182,11 +189,6 @@ fn an_updater_killed_in_every_trial_gives_up_after_three() {
     let out = run(&apply, Some("trial"));
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not tried again"), "{out:?}");
-    board.assert_serves_v1();
-    let st = board.status();
-    assert_eq!(st["state"], "idle");
-    assert_eq!(st["current"]["version"], "1.0.0");
-    assert_eq!(st["highest_committed"]["version"], "1.0.0");
-    assert_eq!(st["failed"]["version"], "2.0.0");
+    let st = board.assert_back_on_v1_with_v2_failed();
     assert!(st["last_failure"].as_str().unwrap().contains("gave up after 3 trial(s)"), "{st}");
 }
