@@ -29,6 +29,14 @@ pub struct Config {
     pub api: ApiConfig,
     /// Defaults for requests that do not set their own sampling parameters.
     pub generation: GenerationConfig,
+    /// The prompt router.
+    pub router: crate::router::RouterConfig,
+    /// The routing policy.
+    pub policy: crate::policy::PolicyConfig,
+    /// The battery signal and power modes.
+    pub power: crate::power::PowerConfig,
+    /// The cloud LLM.
+    pub cloud: crate::cloud::CloudConfig,
 }
 
 /// `[model]`: the GGUF file and llama.cpp's runtime parameters.
@@ -291,6 +299,13 @@ impl Config {
         if !(g.top_p > 0.0 && g.top_p <= 1.0) {
             return Err(merged.key_error("generation.top_p", "must be in (0, 1]"));
         }
+        let section = |name: &str, r: Result<(), (&'static str, String)>| {
+            r.map_err(|(key, reason)| merged.key_error(&format!("{name}.{key}"), reason))
+        };
+        section("router", self.router.validate())?;
+        section("policy", self.policy.validate())?;
+        section("power", self.power.validate())?;
+        section("cloud", self.cloud.validate())?;
         Ok(())
     }
 }

@@ -7,13 +7,24 @@
 //! - [`serve`]: the supervised daemon (systemd notify, watchdog, shutdown).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`client`]: a client of the socket, for `outpost ask`.
+//! - [`router`]: the ONNX prompt router (complexity and embedding) on an owner thread.
+//! - [`signals`]: the device signals routing depends on; [`power`] reads the battery.
+//! - [`policy`]: the pure routing decision.
+//! - [`cloud`]: the cloud LLM client, its circuit breaker and probe.
+//! - [`cascade`]: confidence of local answers.
 //! - [`synth`]: synthetic GGUF models (random weights, real architecture and tokenizer) for tests
 //!   and board qualification.
 
 pub mod api;
+pub mod cascade;
 pub mod client;
+pub mod cloud;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod policy;
+pub mod power;
+pub mod router;
 pub mod serve;
+pub mod signals;
 pub mod synth;

@@ -33,6 +33,27 @@ pub struct LoadLabels {
     pub result: String,
 }
 
+/// Labels naming one value of a state or outcome (`route`, `result`, `state`, `mode`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// `local`, `cloud`, `cache` or `refuse`.
+    pub route: String,
+}
+
+/// Labels of a cloud call's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok`, or the error kind (`timeout`, `connect`, `status`, `breaker_open`, ...).
+    pub result: String,
+}
+
+/// Labels of a state gauge set one-hot (1 for the current state, 0 for the others).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state's name.
+    pub state: String,
+}
+
 /// All metrics of the runtime.
 #[derive(Debug)]
 pub struct Metrics {
@@ -63,6 +84,26 @@ pub struct Metrics {
     pub model_loaded: Gauge,
     /// Model loads by result.
     pub model_loads: Family<LoadLabels, Counter>,
+    /// Chat requests by the route that answered.
+    pub routes: Family<RouteLabels, Counter>,
+    /// Router scoring time per prompt (seconds).
+    pub router_seconds: Histogram,
+    /// Local answers checked for confidence (the cascade's denominator).
+    pub cascade_checked: Counter,
+    /// Local answers replaced by the cloud's for low confidence.
+    pub cascaded: Counter,
+    /// Estimated cloud cost avoided by answering locally (price per 1k tokens from config).
+    pub cloud_cost_avoided: Counter<f64, AtomicU64>,
+    /// Cloud calls by outcome.
+    pub cloud_calls: Family<ResultLabels, Counter>,
+    /// Cloud reachability, one-hot over `online`, `offline`, `unknown`, `not_configured`.
+    pub connectivity: Family<StateLabels, Gauge>,
+    /// Battery level in percent (-1: no battery).
+    pub battery_level: Gauge,
+    /// 1 while on battery.
+    pub on_battery: Gauge,
+    /// Power mode, one-hot over `high`, `balanced`, `low`.
+    pub power_mode: Family<StateLabels, Gauge>,
 }
 
 impl Metrics {
@@ -83,6 +124,16 @@ impl Metrics {
             active: Gauge::default(),
             model_loaded: Gauge::default(),
             model_loads: Family::default(),
+            routes: Family::default(),
+            router_seconds: Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]),
+            cascade_checked: Counter::default(),
+            cascaded: Counter::default(),
+            cloud_cost_avoided: Counter::default(),
+            cloud_calls: Family::default(),
+            connectivity: Family::default(),
+            battery_level: Gauge::default(),
+            on_battery: Gauge::default(),
+            power_mode: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "HTTP requests by endpoint and status", m.requests.clone());
@@ -110,12 +161,63 @@ impl Metrics {
         registry.register("active_generations", "Generations running now", m.active.clone());
         registry.register("model_loaded", "1 while a model is loaded", m.model_loaded.clone());
         registry.register("model_loads", "Model loads by result", m.model_loads.clone());
+        registry.register("routes", "Chat requests by the route that answered", m.routes.clone());
+        registry.register("router_seconds", "Router scoring time per prompt", m.router_seconds.clone());
+        registry.register(
+            "cascade_checked",
+            "Local answers checked for confidence",
+            m.cascade_checked.clone(),
+        );
+        registry.register(
+            "cascaded",
+            "Local answers replaced by the cloud for low confidence",
+            m.cascaded.clone(),
+        );
+        registry.register(
+            "cloud_cost_avoided_dollars",
+            "Estimated cloud cost avoided by local answers",
+            m.cloud_cost_avoided.clone(),
+        );
+        registry.register("cloud_calls", "Cloud calls by outcome", m.cloud_calls.clone());
+        registry.register("connectivity", "Cloud reachability (one-hot by state)", m.connectivity.clone());
+        registry.register("battery_level_percent", "Battery level (-1: no battery)", m.battery_level.clone());
+        registry.register("on_battery", "1 while running on battery", m.on_battery.clone());
+        registry.register("power_mode", "Power mode (one-hot by mode)", m.power_mode.clone());
+        m.battery_level.set(-1);
         Self { registry, ..m }
     }
 
     /// Counts an error returned to a client.
     pub fn error(&self, kind: &str) {
         self.errors.get_or_create(&ErrorLabels { kind: kind.to_owned() }).inc();
+    }
+
+    /// Counts a cloud call's outcome (`ok` or an error kind).
+    pub fn cloud_call(&self, result: &str) {
+        self.cloud_calls.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
+    }
+
+    /// Sets the connectivity gauges.
+    pub fn set_connectivity(&self, state: crate::signals::Connectivity) {
+        use crate::signals::Connectivity as C;
+        for (c, name) in [
+            (C::Online, "online"),
+            (C::Offline, "offline"),
+            (C::Unknown, "unknown"),
+            (C::NotConfigured, "not_configured"),
+        ] {
+            self.connectivity.get_or_create(&StateLabels { state: name.into() }).set(i64::from(c == state));
+        }
+    }
+
+    /// Sets the power gauges.
+    pub fn set_power(&self, state: &crate::signals::PowerState, mode: crate::signals::PowerMode) {
+        use crate::signals::PowerMode as M;
+        self.battery_level.set(state.level.map_or(-1, i64::from));
+        self.on_battery.set(i64::from(state.source == crate::signals::PowerSource::Battery));
+        for (m, name) in [(M::High, "high"), (M::Balanced, "balanced"), (M::Low, "low")] {
+            self.power_mode.get_or_create(&StateLabels { state: name.into() }).set(i64::from(m == mode));
+        }
     }
 
     /// The Prometheus text exposition of every metric.
