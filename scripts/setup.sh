@@ -28,6 +28,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# ONNX Runtime's shared library for the router (from the onnxruntime wheel on PyPI).
+./scripts/fetch_onnxruntime.sh
+
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, httpx" >/dev/null 2>&1; then
   echo "setup: creating .venv with the openai client" >&2
   python3 -m venv .venv || { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv && python3 -m venv .venv; }

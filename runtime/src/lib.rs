@@ -8,6 +8,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`client`]: a client of the socket, for `outpost ask`.
 //! - [`router`]: the ONNX prompt router (complexity and embedding) on an owner thread.
+//! - [`route`]: `outpost route`, routing decisions without serving.
 //! - [`signals`]: the device signals routing depends on; [`power`] reads the battery.
 //! - [`policy`]: the pure routing decision.
 //! - [`cloud`]: the cloud LLM client, its circuit breaker and probe.
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod metrics;
 pub mod policy;
 pub mod power;
+pub mod route;
 pub mod router;
 pub mod serve;
 pub mod signals;

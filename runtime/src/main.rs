@@ -65,6 +65,19 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         out: PathBuf,
     },
+    /// Print the routing decision for prompts: complexity, route and reasons under the
+    /// configured policy and the current signals.
+    Route {
+        /// Base config file; drop-ins are read from `config.d/` beside it.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Read JSON lines with a `prompt` field from stdin; write one JSON line per prompt.
+        #[arg(long)]
+        jsonl: bool,
+        /// The prompt (without --jsonl).
+        #[arg(num_args = 0..)]
+        prompt: Vec<String>,
+    },
     /// Ask the running daemon a question; the answer streams to stdout.
     Ask {
         /// The daemon's socket.
@@ -145,6 +158,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.n_vocab,
                 started.elapsed().as_secs_f64()
             );
+        }
+        Command::Route { config, jsonl, prompt } => {
+            let config = load_config(config)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let mut routing = rt.block_on(outpost::route::Routing::new(config))?;
+            if jsonl {
+                let failed = routing.jsonl(std::io::stdin().lock(), std::io::stdout().lock())?;
+                if failed > 0 {
+                    anyhow::bail!("{failed} input line(s) could not be routed (see their error lines)");
+                }
+            } else {
+                if prompt.is_empty() {
+                    anyhow::bail!("give a PROMPT, or --jsonl to read prompts from stdin");
+                }
+                let line = routing.decide(&prompt.join(" "), Default::default())?;
+                println!("{}", serde_json::to_string(&line)?);
+            }
         }
         Command::Ask { socket, system, max_tokens, temperature, prompt } => {
             let prompt = prompt.join(" ");

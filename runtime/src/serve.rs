@@ -31,6 +31,9 @@ pub enum ServeError {
     /// The model could not be loaded at start-up.
     #[error("cannot load the model: {0}")]
     Load(#[from] LoadError),
+    /// The cloud client could not be set up (its key or CA file).
+    #[error("cannot set up the cloud client: {0}")]
+    Cloud(#[from] crate::cloud::CloudError),
     /// The engine thread or a signal handler could not start.
     #[error("cannot start {what}: {source}")]
     Start {
@@ -65,16 +68,53 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let engine = Engine::start(&config, metrics.clone())
         .map_err(|source| ServeError::Start { what: "engine thread", source })?;
 
+    let shutdown = CancellationToken::new();
+    let cloud = crate::cloud::Cloud::new(&config.cloud, metrics.clone())?;
+    metrics.set_connectivity(cloud.connectivity());
+    let power = crate::power::spawn_monitor(config.power.clone(), metrics.clone(), shutdown.clone());
+    let (router, router_error) = if config.router.enabled {
+        status("loading the router");
+        let router_config = config.router.clone();
+        let router_metrics = metrics.clone();
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || {
+            crate::router::Router::start(&router_config, router_metrics)
+        })
+        .await
+        {
+            Ok(Ok(router)) => {
+                let info = router.info();
+                tracing::info!(name = %info.name, version = %info.version, dir = %info.dir.display(),
+                    ms = started.elapsed().as_millis() as u64, "router loaded");
+                (Some(router), None)
+            }
+            Ok(Err(err)) => {
+                // Local answers do not need the router: serve without it, and say so.
+                tracing::error!(%err, "router not loaded; every request is routed without a complexity");
+                (None, Some(err.to_string()))
+            }
+            Err(err) => (None, Some(format!("router thread failed: {err}"))),
+        }
+    } else {
+        (None, None)
+    };
+    let router_threshold = router.as_ref().map_or(0.5, |r| r.info().default_threshold);
+
     status(&format!("binding {}", socket_path.display()));
     let listener = socket::bind(&socket_path, config.api.group.as_deref())?;
-    let shutdown = CancellationToken::new();
     let state = AppState {
         engine: engine.clone(),
         config: config.clone(),
         metrics,
         admin_uids: Arc::new(config.api.admin_uids.iter().copied().collect::<HashSet<_>>()),
         shutdown: shutdown.clone(),
+        router,
+        router_error,
+        router_threshold,
+        cloud: cloud.clone(),
+        power,
     };
+    let probe = cloud.is_configured().then(|| cloud.spawn_probe(shutdown.clone()));
     let app = api::router(state).into_make_service_with_connect_info::<socket::Peer>();
     let stop_accepting = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -131,6 +171,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         }
     }
     if let Some(task) = watchdog {
+        task.abort();
+    }
+    if let Some(task) = probe {
         task.abort();
     }
     let _ = std::fs::remove_file(&socket_path);

@@ -181,7 +181,7 @@ def load_data(strategy: dict):
     data = {
         "prompts": prompts, "y": y, "weak": weak, "strong": strong, "groups": groups,
         "emb": f["embedding"], "layers": f["layer_means"], "cls": f["cls"],
-        "lex": lexical_matrix(ids), "struct": struct_features(ids),
+        "lex": lexical_matrix(ids), "struct": struct_features(ids), "ids": ids,
     }
     return data
 
@@ -273,3 +273,93 @@ if __name__ == "__main__":
         if a.out:
             with open(a.out, "a") as fh:
                 fh.write(json.dumps({"strategy": a.strategy, "spec": spec, "seeds": seeds, **s}) + "\n")
+
+
+# ----------------------------------------------------------------------------- generic linear head
+class Head:
+    """Linear head on [a*std(D), b*idf*L, c*std(S)] (any block optional).
+
+    target="gain": ridge regression on strong_correct - weak_correct (expected benefit of the cloud,
+    which is what APGR rewards); target="weakfail": logistic regression on weak_correct == false.
+    Exactly linear in (D, L = wordpiece counts / n, S) -> folds into the in-graph head.
+    """
+
+    def __init__(self, target="gain", alpha=3000.0, C=0.05, use_dense=True, use_lex=False,
+                 use_struct=True, a=1.0, b=1.0, c=1.0, idf=True):
+        self.target, self.alpha, self.C = target, alpha, C
+        self.ud, self.ul, self.us, self.a, self.b, self.c, self.idf = use_dense, use_lex, use_struct, a, b, c, idf
+
+    def _X(self, D, L, S):
+        bl = []
+        if self.ud:
+            bl.append(self.a * self.sd.transform(D))
+        if self.us:
+            bl.append(self.c * self.ss.transform(S))
+        X = np.hstack(bl) if bl else np.zeros((L.shape[0], 0))
+        if self.ul:
+            return sp.hstack([sp.csr_matrix(X), L @ sp.diags(self.b * self.colw)]).tocsr()
+        return X
+
+    def fit(self, D, L, S, y, gain):
+        from sklearn.linear_model import Ridge
+
+        self.sd = StandardScaler().fit(D)
+        self.ss = StandardScaler().fit(S)
+        df = np.asarray((L > 0).sum(0)).ravel()
+        n = L.shape[0]
+        self.colw = np.where(df >= 2, (np.log((1 + n) / (1 + df)) + 1) if self.idf else 1.0, 0.0)
+        X = self._X(D, L, S)
+        if self.target == "gain":
+            self.m = Ridge(alpha=self.alpha, solver="sparse_cg" if sp.issparse(X) else "auto",
+                           tol=1e-6, max_iter=5000).fit(X, gain)
+            self._coef, self._int = self.m.coef_.ravel(), float(self.m.intercept_)
+        else:
+            self.m = lr(self.C, solver="liblinear" if sp.issparse(X) else "lbfgs").fit(X, y)
+            self._coef, self._int = self.m.coef_.ravel(), float(self.m.intercept_[0])
+        return self
+
+    def decision(self, D, L, S):
+        return self._X(D, L, S) @ self._coef + self._int
+
+    def linear_form(self):
+        """(dense_w, lex_w, struct_w, bias) acting on raw D, L, S (None for unused blocks)."""
+        c, k, bias = self._coef, 0, self._int
+        dw = lw = sw = None
+        if self.ud:
+            nd = self.sd.mean_.shape[0]
+            dw = c[k:k + nd] * self.a / self.sd.scale_
+            bias -= float(dw @ self.sd.mean_)
+            k += nd
+        if self.us:
+            ns = self.ss.mean_.shape[0]
+            sw = c[k:k + ns] * self.c / self.ss.scale_
+            bias -= float(sw @ self.ss.mean_)
+            k += ns
+        if self.ul:
+            lw = c[k:] * self.b * self.colw
+        return dw, lw, sw, bias
+
+
+def run_head(d, spec, seeds=(0, 1, 2), scheme="group", return_oof=False):
+    """spec: Head kwargs + optional "block" (dense block name)."""
+    y, weak, strong, groups = d["y"], d["weak"], d["strong"], d["groups"]
+    gain = strong - weak
+    D = dense_block(d, spec.get("block", "emb"))
+    kw = {k: v for k, v in spec.items() if k not in ("block", "kind")}
+    res, oof = [], np.zeros(len(y))
+    if scheme == "group":
+        it = folds(groups, seeds)
+    else:  # random rows, stratified on source (seen-subject setting)
+        from sklearn.model_selection import StratifiedKFold
+
+        it = ((s, tr, te) for s in seeds
+              for tr, te in StratifiedKFold(5, shuffle=True, random_state=s).split(D, groups))
+    for s, tr, te in it:
+        m = Head(**kw).fit(D[tr], d["lex"][tr], d["struct"][tr], y[tr], gain[tr])
+        sc = m.decision(D[te], d["lex"][te], d["struct"][te])
+        res.append(evaluate(sc, weak[te], strong[te]))
+        if s == seeds[0]:
+            oof[te] = sc
+    out = summarize(res)
+    out["pooled_seed0"] = {k: round(v, 4) for k, v in evaluate(oof, weak, strong).items()}
+    return (out, oof) if return_oof else out

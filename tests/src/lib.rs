@@ -2,6 +2,7 @@
 //! daemons, talk HTTP/1.1 over their Unix sockets, and listen to their systemd notifications.
 #![allow(clippy::unwrap_used)]
 
+pub mod fake_cloud;
 pub mod http;
 
 use std::io::Read;

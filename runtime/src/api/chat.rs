@@ -1,49 +1,41 @@
-//! `POST /v1/chat/completions`, streamed or not.
-
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+//! `POST /v1/chat/completions`: route the request, then answer locally (streamed or not), in
+//! the cloud (passed through), or refuse with a clear error.
+//!
+//! Order of work, so that routing costs the caller as little as possible:
+//! 1. validate the request; snapshot the signals (power, connectivity);
+//! 2. if the policy could answer locally, queue the local generation now: prefill starts while
+//!    the router scores the prompt;
+//! 3. score the prompt (router owner thread), decide (pure policy);
+//! 4. local: keep the generation (a prompt over the context is decided again, now with its
+//!    token count); cloud: drop it (cancelling it) and call the cloud, falling back to local
+//!    if the cloud turns out unreachable and the request did not force the cloud;
+//! 5. non-streamed local answers below `policy.min_confidence` are answered by the cloud
+//!    instead (cascade), when the cloud is allowed.
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::error::ApiError;
-use super::openai::{self, ChatRequest};
-use super::AppState;
-use crate::engine::{Event, FinishReason, ModelInfo, TokenLogprob};
+use super::openai::ChatRequest;
+use super::report::{Report, ROUTE_HEADER};
+use super::{cloud, local, AppState};
+use crate::engine::{ChatMessage, Event, Generate, GenerateError};
+use crate::metrics::RouteLabels;
+use crate::policy::{self, Decision, Inputs, Refusal, Route, RouteOverride};
 
-/// Tells the caller which route answered.
-pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-outpost-route");
-
-/// Identifies one completion in its response or chunks.
-struct Meta {
-    id: String,
-    created: u64,
-    model: Arc<ModelInfo>,
-}
-
-impl Meta {
-    fn new(model: Arc<ModelInfo>) -> Self {
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        Self { id: format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32), created, model }
-    }
-
-    fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Option<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model.id,
-            "system_fingerprint": null,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
-        })
-    }
+/// Everything one request's routing needs.
+struct Request {
+    state: AppState,
+    /// The body as sent, forwarded to the cloud.
+    raw: Value,
+    generate: Generate,
+    stream: bool,
+    include_usage: bool,
+    inputs: Inputs,
 }
 
 /// The handler.
@@ -52,113 +44,209 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
         return Err(ApiError::ShuttingDown);
     }
     let request = ChatRequest::parse(&body)?;
+    let raw: Value = serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let options = request.outpost.unwrap_or_default();
     let stream = request.streaming();
     let include_usage = request.include_usage();
-    let generate = request.into_generate(&state.config.generation)?;
-    let mut events = state.engine.submit(generate)?;
+    let mut generate = request.into_generate(&state.config.generation)?;
 
-    // The first event decides between an error status and a 200: a prompt over the context
-    // gets its 400 even when streaming.
-    let model = match events.recv().await {
-        Some(Event::Started { model, .. }) => model,
-        Some(Event::Failed(err)) => return Err(err.into()),
-        Some(_) | None => return Err(ApiError::ShuttingDown),
+    let inputs = Inputs {
+        complexity: None,
+        prompt_tokens: None,
+        local_context: state.config.model.context,
+        max_tokens: generate.sampling.max_tokens,
+        power: *state.power.borrow(),
+        connectivity: state.cloud.connectivity(),
+        request: options,
     };
-    let meta = Meta::new(model);
-    let mut response = if stream {
-        stream_response(meta, events, include_usage).into_response()
-    } else {
-        Json(collect(&meta, events).await?).into_response()
+
+    // Before the router: what the policy decides knowing nothing about the prompt tells whether
+    // a local answer is possible and its limits. Start it now; it is cancelled if the answer
+    // goes to the cloud.
+    let pre = decide(&state, &inputs);
+    generate.sampling.max_tokens = pre.limits.max_tokens;
+    let early = (pre.route == Route::Local && options.route != Some(RouteOverride::Cloud))
+        .then(|| state.engine.submit(generate.clone()));
+
+    let score = match &state.router {
+        Some(router) => match router.score(routing_text(&generate.messages)).await {
+            Ok(score) => Some(score),
+            Err(err) => {
+                tracing::warn!(%err, "router failed; routing without a complexity");
+                None
+            }
+        },
+        None => None,
     };
-    response.headers_mut().insert(ROUTE_HEADER, HeaderValue::from_static("local"));
-    Ok(response)
+    let inputs = Inputs { complexity: score.as_ref().map(|s| s.complexity), ..inputs };
+    let decision = decide(&state, &inputs);
+    let mut report = Report::new(&decision, score.as_ref(), inputs.connectivity);
+    if state.router.is_some() && score.is_none() {
+        report.reasons.push("router: no score (router failed or busy)".into());
+    }
+    let request = Request { state, raw, generate, stream, include_usage, inputs };
+
+    let result = match decision.route {
+        Route::Local | Route::Cache => {
+            let events = match early {
+                Some(events) => events,
+                None => request.state.engine.submit(request.generate.clone()),
+            };
+            match events {
+                Ok(events) => request.local(events, decision, report).await,
+                Err(err) if decision.cloud_allowed => {
+                    report.route = Route::Cloud;
+                    report.reasons.push(format!("local engine unavailable ({err}); sent to the cloud"));
+                    request.cloud(report, false).await
+                }
+                Err(err) => Err(err.into()),
+            }
+        }
+        Route::Cloud => {
+            drop(early);
+            let forced = options.route == Some(RouteOverride::Cloud);
+            request.cloud(report, !forced).await
+        }
+        Route::Refuse => Err(refusal(&decision, None)),
+    };
+    result
 }
 
-/// Waits for the whole answer.
-async fn collect(meta: &Meta, mut events: UnboundedReceiver<Event>) -> Result<Value, ApiError> {
-    let mut content = String::new();
-    let mut logprobs: Vec<TokenLogprob> = Vec::new();
-    let mut wants_logprobs = false;
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::Started { .. } => {}
-            Event::Token { text, logprob } => {
-                content.push_str(&text);
-                if let Some(l) = logprob {
-                    wants_logprobs = true;
-                    logprobs.push(l);
+fn decide(state: &AppState, inputs: &Inputs) -> Decision {
+    policy::decide(inputs, &state.config.policy, &state.config.power, state.router_threshold)
+}
+
+/// The text the router scores: the last user message (what the user asks now), else all
+/// message texts.
+fn routing_text(messages: &[ChatMessage]) -> String {
+    match messages.iter().rev().find(|m| m.role == "user") {
+        Some(m) => m.content.clone(),
+        None => messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"),
+    }
+}
+
+/// The error for a refused request.
+fn refusal(decision: &Decision, overflow: Option<GenerateError>) -> ApiError {
+    let why = decision.reasons.join("; ");
+    match (decision.refusal, overflow) {
+        (Some(Refusal::ContextTooLong), Some(err)) => ApiError::ContextTooLong(format!("{err}; {why}")),
+        (Some(Refusal::ContextTooLong), None) => {
+            ApiError::InvalidRequest { message: why, param: Some("messages") }
+        }
+        _ => ApiError::Refused(why),
+    }
+}
+
+fn with_route(mut response: Response, report: &Report, state: &AppState) -> Response {
+    response.headers_mut().insert(ROUTE_HEADER, report.header());
+    let route = serde_json::to_value(report.route).ok().and_then(|v| v.as_str().map(str::to_owned));
+    state.metrics.routes.get_or_create(&RouteLabels { route: route.unwrap_or_default() }).inc();
+    response
+}
+
+impl Request {
+    fn price(&self) -> Option<f64> {
+        self.state.cloud.is_configured().then(|| self.state.cloud.price_per_1k_tokens())
+    }
+
+    /// Answers locally from the queued generation.
+    async fn local(
+        self,
+        mut events: UnboundedReceiver<Event>,
+        decision: Decision,
+        mut report: Report,
+    ) -> Result<Response, ApiError> {
+        // The first event: the prompt fits (Started), or not (its token count is now known).
+        let model = match events.recv().await {
+            Some(Event::Started { model, .. }) => model,
+            Some(Event::Failed(err @ GenerateError::ContextOverflow { prompt_tokens, .. })) => {
+                let inputs = Inputs { prompt_tokens: Some(prompt_tokens), ..self.inputs };
+                let again = decide(&self.state, &inputs);
+                report.redecide(&again);
+                return match again.route {
+                    Route::Cloud => self.cloud(report, false).await,
+                    _ => Err(refusal(&again, Some(err))),
+                };
+            }
+            Some(Event::Failed(err)) => return Err(err.into()),
+            Some(_) | None => return Err(ApiError::ShuttingDown),
+        };
+        let meta = local::Meta::new(model);
+        if self.stream {
+            let sse = local::stream(
+                meta,
+                events,
+                self.include_usage,
+                report.clone(),
+                self.state.metrics.clone(),
+                self.price(),
+            );
+            return Ok(with_route(sse.into_response(), &report, &self.state));
+        }
+
+        let answer = local::collect(events).await?;
+        let confidence = answer.confidence();
+        report.confidence = Some(confidence.score);
+        report.checks = confidence.checks.clone();
+        let min = self.state.config.policy.min_confidence;
+        if !confidence.passes(min) && decision.cascade && self.state.cloud.connectivity().may_call() {
+            report
+                .reasons
+                .push(format!("cascade: local confidence {:.2} < min_confidence {min:.2}", confidence.score));
+            match self.state.cloud.complete(self.raw.clone()).await {
+                Ok(response) => {
+                    self.state.metrics.cascade_checked.inc();
+                    self.state.metrics.cascaded.inc();
+                    report.route = Route::Cloud;
+                    report.cascaded = true;
+                    let body = cloud::body(response, &report);
+                    return Ok(with_route(Json(body).into_response(), &report, &self.state));
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cascade to the cloud failed; answering locally");
+                    report.reasons.push(format!("cascade failed ({}); kept the local answer", err.kind()));
                 }
             }
-            Event::Failed(err) => return Err(err.into()),
-            Event::Done(done) => {
-                if done.finish_reason == FinishReason::Cancelled {
-                    return Err(ApiError::ShuttingDown);
-                }
-                return Ok(json!({
-                    "id": meta.id,
-                    "object": "chat.completion",
-                    "created": meta.created,
-                    "model": meta.model.id,
-                    "system_fingerprint": null,
-                    "choices": [{
-                        "index": 0,
-                        "message": { "role": "assistant", "content": content },
-                        "logprobs": if wants_logprobs { openai::logprobs(&logprobs) } else { Value::Null },
-                        "finish_reason": openai::finish_reason(done.finish_reason),
-                    }],
-                    "usage": openai::usage(&done),
-                    "timings": openai::timings(&done),
-                }));
+        }
+        local::count_answer(&self.state.metrics, &answer.done, self.price());
+        let body = answer.body(&meta, &report);
+        Ok(with_route(Json(body).into_response(), &report, &self.state))
+    }
+
+    /// Answers in the cloud. `fallback`: a cloud that turns out unreachable hands the request
+    /// to the local model (when the prompt may be answered locally).
+    async fn cloud(self, mut report: Report, fallback: bool) -> Result<Response, ApiError> {
+        report.route = Route::Cloud;
+        let result = if self.stream {
+            self.state
+                .cloud
+                .stream(self.raw.clone())
+                .await
+                .map(|s| cloud::stream(s, report.clone()).into_response())
+        } else {
+            self.state
+                .cloud
+                .complete(self.raw.clone())
+                .await
+                .map(|r| Json(cloud::body(r, &report)).into_response())
+        };
+        match result {
+            Ok(response) => Ok(with_route(response, &report, &self.state)),
+            Err(err) if fallback && err.is_unreachable() && self.local_possible() => {
+                tracing::warn!(%err, "cloud unreachable; answering locally");
+                report.route = Route::Local;
+                report.reasons.push(format!("cloud unreachable ({}); answered locally", err.kind()));
+                let events = self.state.engine.submit(self.generate.clone())?;
+                // No second cascade: the cloud was just tried.
+                let decision =
+                    Decision { cloud_allowed: false, cascade: false, ..decide(&self.state, &self.inputs) };
+                Box::pin(self.local(events, decision, report)).await
             }
+            Err(err) => Err(ApiError::Cloud(err)),
         }
     }
-    Err(ApiError::ShuttingDown)
-}
 
-/// Server-sent events: a role chunk, content chunks, a finish chunk, an optional usage chunk,
-/// then `[DONE]`. Dropping the body (client gone) drops `events`, which cancels generation.
-fn stream_response(
-    meta: Meta,
-    mut events: UnboundedReceiver<Event>,
-    include_usage: bool,
-) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
-    let data = |v: Value| SseEvent::default().data(v.to_string());
-    let body = async_stream::stream! {
-        yield Ok(data(meta.chunk(json!({ "role": "assistant", "content": "" }), None, None)));
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Started { .. } => {}
-                Event::Token { text, logprob } => {
-                    if text.is_empty() && logprob.is_none() {
-                        continue;
-                    }
-                    let logprobs = logprob.map(|l| openai::logprobs(std::slice::from_ref(&l)));
-                    yield Ok(data(meta.chunk(json!({ "content": text }), None, logprobs)));
-                }
-                Event::Failed(err) => {
-                    let err = ApiError::from(err);
-                    yield Ok(data(err.body()));
-                    return;
-                }
-                Event::Done(done) => {
-                    if done.finish_reason == FinishReason::Cancelled {
-                        yield Ok(data(ApiError::ShuttingDown.body()));
-                        return;
-                    }
-                    let reason = openai::finish_reason(done.finish_reason);
-                    yield Ok(data(meta.chunk(json!({}), Some(reason), None)));
-                    if include_usage {
-                        let mut last = meta.chunk(json!({}), None, None);
-                        last["choices"] = json!([]);
-                        last["usage"] = openai::usage(&done);
-                        last["timings"] = openai::timings(&done);
-                        yield Ok(data(last));
-                    }
-                    yield Ok(SseEvent::default().data("[DONE]"));
-                    return;
-                }
-            }
-        }
-    };
-    Sse::new(body).keep_alive(KeepAlive::default())
+    fn local_possible(&self) -> bool {
+        self.inputs.prompt_tokens.is_none_or(|n| n < self.inputs.local_context)
+    }
 }

@@ -28,6 +28,16 @@ pub enum ApiError {
     /// The prompt does not fit in the context window.
     #[error(transparent)]
     ContextOverflow(GenerateError),
+    /// The prompt does not fit in the local context and the cloud may not take it.
+    #[error("{0}")]
+    ContextTooLong(String),
+    /// The policy refused the request (e.g. it forced the cloud, which is not allowed or not
+    /// reachable).
+    #[error("the request cannot be served: {0}")]
+    Refused(String),
+    /// The cloud failed.
+    #[error("the cloud model failed: {0}")]
+    Cloud(crate::cloud::CloudError),
     /// The engine queue is full.
     #[error("the server is busy: {0}; retry shortly")]
     QueueFull(SubmitError),
@@ -62,6 +72,14 @@ impl ApiError {
             Self::ContextOverflow(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded")
             }
+            Self::ContextTooLong(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded")
+            }
+            Self::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "route_unavailable"),
+            Self::Cloud(err) if err.is_unreachable() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server_error", "cloud_unavailable")
+            }
+            Self::Cloud(_) => (StatusCode::BAD_GATEWAY, "server_error", "cloud_error"),
             Self::QueueFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "queue_full"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "model_not_loaded"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "shutting_down"),
@@ -82,7 +100,7 @@ impl ApiError {
         let (_, kind, code) = self.parts();
         let param = match self {
             Self::InvalidRequest { param, .. } => *param,
-            Self::ContextOverflow(_) => Some("messages"),
+            Self::ContextOverflow(_) | Self::ContextTooLong(_) => Some("messages"),
             _ => None,
         };
         json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } })

@@ -2,9 +2,13 @@
 //! metrics and admin endpoints.
 
 pub mod chat;
+mod cloud;
 pub mod error;
+mod local;
 pub mod openai;
+pub mod report;
 pub mod socket;
+mod status;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -37,6 +41,17 @@ pub struct AppState {
     pub admin_uids: Arc<HashSet<u32>>,
     /// Cancelled when the daemon starts stopping: new completions get 503.
     pub shutdown: CancellationToken,
+    /// The prompt router, if it loaded.
+    pub router: Option<crate::router::Router>,
+    /// Why the router is missing, when it is.
+    pub router_error: Option<String>,
+    /// The router's recommended complexity threshold (used when `policy.complexity_threshold`
+    /// is unset).
+    pub router_threshold: f32,
+    /// The cloud LLM client.
+    pub cloud: crate::cloud::Cloud,
+    /// The latest power reading.
+    pub power: tokio::sync::watch::Receiver<crate::signals::PowerState>,
 }
 
 /// The API's routes.
@@ -48,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/reload", post(reload))
+        .route("/v1/outpost/status", get(status::status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))

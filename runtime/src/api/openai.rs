@@ -56,6 +56,9 @@ pub struct ChatRequest {
     /// Choices to generate; only 1 is supported.
     #[serde(default)]
     pub n: Option<u32>,
+    /// Outpost's routing options: `{"allow_cloud": false}`, `{"route": "local"|"cloud"|"auto"}`.
+    #[serde(default)]
+    pub outpost: Option<crate::policy::RequestOptions>,
 }
 
 /// One message of the request.

@@ -69,7 +69,7 @@ impl Sampling {
 }
 
 /// A generation request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Generate {
     /// The conversation so far.
     pub messages: Vec<ChatMessage>,
@@ -128,6 +128,8 @@ pub struct Completion {
     pub prompt_time: Duration,
     /// Time to generate the tokens after the first.
     pub decode_time: Duration,
+    /// Each generated token's log-probability (natural log), for the answer's confidence.
+    pub token_logprobs: Vec<f32>,
 }
 
 /// What the engine sends back for a request, in order: `Started`, any number of `Token`s, then

@@ -214,14 +214,16 @@ impl Run<'_> {
             kv.clear();
             GenerateError::Inference(what)
         };
-        let done = |reason, generated: u32, first_token: Option<Instant>, prompt_done: Instant| Completion {
-            finish_reason: reason,
-            prompt_tokens: n_prompt,
-            cached_tokens: cached,
-            completion_tokens: generated,
-            prompt_time: prompt_done.duration_since(started),
-            decode_time: first_token.map(|t| t.elapsed()).unwrap_or_default(),
-        };
+        let done =
+            |reason, generated: u32, first_token: Option<Instant>, prompt_done: Instant, lps| Completion {
+                finish_reason: reason,
+                token_logprobs: lps,
+                prompt_tokens: n_prompt,
+                cached_tokens: cached,
+                completion_tokens: generated,
+                prompt_time: prompt_done.duration_since(started),
+                decode_time: first_token.map(|t| t.elapsed()).unwrap_or_default(),
+            };
 
         // Evaluate the prompt in chunks of `batch`, asking for logits of the last token only.
         let chunk = usize::try_from(self.batch).unwrap_or(512).max(1);
@@ -229,7 +231,7 @@ impl Run<'_> {
         let mut last_index = 0;
         for (n, piece) in tokens[common..].chunks(chunk).enumerate() {
             if self.cancelled() {
-                return Ok(done(FinishReason::Cancelled, 0, None, Instant::now()));
+                return Ok(done(FinishReason::Cancelled, 0, None, Instant::now(), Vec::new()));
             }
             batch.clear();
             let base = common + n * chunk;
@@ -254,6 +256,7 @@ impl Run<'_> {
         let mut first_token = None;
         let mut index = last_index;
         let mut pos = tokens.len();
+        let mut token_logprobs = Vec::with_capacity(usize::try_from(max_tokens).unwrap_or(0).min(4096));
         let reason = loop {
             if self.cancelled() {
                 break FinishReason::Cancelled;
@@ -264,6 +267,10 @@ impl Run<'_> {
             if vocab.is_eog(token) {
                 break FinishReason::Stop;
             }
+            token_logprobs.push(match &logprob {
+                Some(l) => l.logprob,
+                None => chosen_logprob(ctx.get_logits_ith(index), token),
+            });
             generated += 1;
             first_token.get_or_insert_with(Instant::now);
             let bytes = vocab.token_to_piece(token, false, None);
@@ -290,7 +297,7 @@ impl Run<'_> {
         if !rest.is_empty() {
             let _ = self.events.send(Event::Token { text: rest, logprob: None });
         }
-        Ok(done(reason, generated, first_token, prompt_done))
+        Ok(done(reason, generated, first_token, prompt_done, token_logprobs))
     }
 }
 
@@ -309,6 +316,16 @@ fn sampler_for(sampling: &super::Sampling) -> LlamaSampler {
     chain.push(LlamaSampler::temp(sampling.temperature));
     chain.push(LlamaSampler::dist(sampling.seed.unwrap_or_else(rand::random)));
     LlamaSampler::chain_simple(chain)
+}
+
+/// The chosen token's log-probability under the raw distribution (one pass over the logits:
+/// about 0.2 ms for a 150k vocabulary, next to tens of ms per decoded token).
+fn chosen_logprob(logits: &[f32], chosen: LlamaToken) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    let chosen_logit =
+        usize::try_from(chosen.0).ok().and_then(|i| logits.get(i)).copied().unwrap_or(f32::NEG_INFINITY);
+    chosen_logit - (max + sum.ln())
 }
 
 /// The chosen token's log-probability under the raw distribution and the `n` most likely tokens.
