@@ -129,6 +129,7 @@ fn main() {
                 let request = Generate {
                     messages: vec![ChatMessage { role: "user".into(), content: format!("{run}. {text}") }],
                     sampling,
+                    threads: None,
                 };
                 let started = Instant::now();
                 let mut events = engine.submit(request).expect("submit");

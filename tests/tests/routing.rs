@@ -301,7 +301,11 @@ fn low_battery_lowers_the_cloud_threshold_and_shows_in_status() {
     std::fs::write(bat.join("present"), "1\n").unwrap();
     let daemon = Daemon::start(
         &tiny_model(11),
-        &format!("[power]\nsupply_root = \"{}\"\n[policy]\ncomplexity_threshold = 0.5\n", supply.display()),
+        // Two llama.cpp threads configured; the low power mode runs requests on one.
+        &format!(
+            "[model]\nthreads = 2\n[power]\nsupply_root = \"{}\"\n[policy]\ncomplexity_threshold = 0.5\n",
+            supply.display()
+        ),
     );
     let status = daemon.request("GET", "/v1/outpost/status", None).json();
     assert_eq!(status["power"]["mode"], "low", "{status}");
@@ -313,4 +317,5 @@ fn low_battery_lowers_the_cloud_threshold_and_shows_in_status() {
     let (_, report) = route(&r);
     assert_eq!(report["power_mode"], "low");
     assert!(report["threshold"].as_f64().unwrap() < 0.5, "low battery sends more to the cloud: {report}");
+    assert!(daemon.log().contains("threads changed"), "low power mode runs llama.cpp on fewer threads:\n{}", daemon.log());
 }

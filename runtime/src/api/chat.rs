@@ -65,6 +65,7 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     // goes to the cloud.
     let pre = decide(&state, &inputs);
     generate.sampling.max_tokens = pre.limits.max_tokens;
+    generate.threads = pre.limits.threads;
     let early = (pre.route == Route::Local && options.route != Some(RouteOverride::Cloud))
         .then(|| state.engine.submit(generate.clone()));
 

@@ -228,7 +228,7 @@ impl ChatRequest {
         } else if self.top_logprobs.is_some_and(|n| n > 0) {
             return Err(invalid("top_logprobs", "top_logprobs requires logprobs: true"));
         }
-        Ok(Generate { messages, sampling })
+        Ok(Generate { messages, sampling, threads: None })
     }
 }
 

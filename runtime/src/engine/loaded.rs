@@ -23,7 +23,7 @@ pub const DEFAULT_CHAT_TEMPLATE: &str = "chatml";
 pub(crate) struct LoadSettings {
     path: PathBuf,
     context: u32,
-    threads: i32,
+    pub(crate) threads: i32,
     batch: u32,
     gpu_layers: u32,
     flash_attention: FlashAttention,
@@ -96,6 +96,8 @@ pub(crate) struct LoadedModel {
     pub(crate) template: LlamaChatTemplate,
     pub(crate) info: Arc<ModelInfo>,
     pub(crate) batch: u32,
+    /// CPU threads of the current context.
+    pub(crate) threads: i32,
 }
 
 impl LoadedModel {
@@ -131,21 +133,56 @@ impl LoadedModel {
         };
         let info = with_manifest(info, &file);
 
-        let ctx_params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(settings.context))
-            .with_n_batch(settings.batch)
-            .with_n_ubatch(settings.batch.min(512))
-            .with_n_threads(settings.threads)
-            .with_n_threads_batch(settings.threads)
-            .with_flash_attention_policy(match settings.flash_attention {
-                FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-                FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
-            });
+        let ctx_params = context_params(settings, settings.threads);
         let cell = ModelCell::try_new(model, |model| model.new_context(backend, ctx_params))
             .map_err(|_| LoadError::Context { path: shown, context: settings.context })?;
-        Ok(Self { cell, template, info: Arc::new(info), batch: settings.batch })
+        Ok(Self { cell, template, info: Arc::new(info), batch: settings.batch, threads: settings.threads })
     }
+
+    /// Recreates the context with `threads` CPU threads (the power mode asked for fewer or
+    /// more). The KV cache is lost. If the new context cannot be made, the model keeps a
+    /// context with the old thread count.
+    pub(crate) fn with_threads(
+        self,
+        settings: &LoadSettings,
+        threads: i32,
+    ) -> Result<Self, (Option<Self>, LoadError)> {
+        let Self { cell, template, info, batch, threads: old } = self;
+        let model = cell.into_owner();
+        let backend = backend();
+        let made = ModelCell::try_new_or_recover(model, |m| {
+            m.new_context(backend, context_params(settings, threads))
+        });
+        match made {
+            Ok(cell) => Ok(Self { cell, template, info, batch, threads }),
+            Err((model, err)) => {
+                let error = LoadError::Context {
+                    path: format!("{} ({err})", info.file.display()),
+                    context: settings.context,
+                };
+                match ModelCell::try_new(model, |m| m.new_context(backend, context_params(settings, old))) {
+                    Ok(cell) => Err((Some(Self { cell, template, info, batch, threads: old }), error)),
+                    // Without any context the model cannot serve; the caller drops it.
+                    Err(_) => Err((None, error)),
+                }
+            }
+        }
+    }
+}
+
+/// llama.cpp context parameters for the settings, with `threads` CPU threads.
+fn context_params(settings: &LoadSettings, threads: i32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(settings.context))
+        .with_n_batch(settings.batch)
+        .with_n_ubatch(settings.batch.min(512))
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        .with_flash_attention_policy(match settings.flash_attention {
+            FlashAttention::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+        })
 }
 
 /// The configured template, else the GGUF's if llama.cpp can apply it, else the default.

@@ -75,6 +75,8 @@ pub struct Generate {
     pub messages: Vec<ChatMessage>,
     /// Sampling parameters.
     pub sampling: Sampling,
+    /// llama.cpp threads for this request (the power mode's limit); `None` = `model.threads`.
+    pub threads: Option<u32>,
 }
 
 /// A token's log-probability and its most likely alternatives.

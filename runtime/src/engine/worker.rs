@@ -25,6 +25,7 @@ const IDLE_BEAT: Duration = Duration::from_millis(250);
 pub(crate) struct Worker {
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
+    settings: Arc<LoadSettings>,
     current: Option<Box<LoadedModel>>,
     /// The tokens whose KV entries are in sequence 0: a new prompt sharing a prefix with them
     /// only evaluates the rest (a chat's earlier turns are not evaluated again).
@@ -38,12 +39,12 @@ pub(crate) struct Worker {
 pub const FAILPOINT_ENV: &str = "OUTPOST_TEST_FAILPOINT";
 
 impl Worker {
-    pub(crate) fn new(shared: Arc<Shared>, metrics: Arc<Metrics>, _settings: Arc<LoadSettings>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, metrics: Arc<Metrics>, settings: Arc<LoadSettings>) -> Self {
         let stall_on_request = std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == "engine-stall");
         if stall_on_request {
             tracing::warn!("{FAILPOINT_ENV}=engine-stall: the engine will hang at its first request");
         }
-        Self { shared, metrics, current: None, kv_tokens: Vec::new(), stall_on_request }
+        Self { shared, metrics, settings, current: None, kv_tokens: Vec::new(), stall_on_request }
     }
 
     /// Serves until every handle is dropped.
@@ -87,6 +88,37 @@ impl Worker {
         }
     }
 
+    /// Makes the context run with the request's thread count (the power mode's limit, at most
+    /// `model.threads`), recreating it when the count changes.
+    fn apply_threads(&mut self, requested: Option<u32>) {
+        let configured = self.settings.threads;
+        let wanted =
+            requested.map_or(configured, |n| i32::try_from(n).unwrap_or(configured).clamp(1, configured));
+        let Some(loaded) = self.current.take() else { return };
+        if loaded.threads == wanted {
+            self.current = Some(loaded);
+            return;
+        }
+        let from = loaded.threads;
+        self.kv_tokens.clear();
+        match loaded.with_threads(&self.settings, wanted) {
+            Ok(changed) => {
+                tracing::info!(from, to = wanted, "llama.cpp threads changed for the power mode");
+                self.current = Some(Box::new(changed));
+            }
+            Err((kept, err)) => {
+                tracing::error!(%err, "cannot change llama.cpp threads; keeping {from}");
+                if kept.is_none() {
+                    if let Ok(mut model) = self.shared.model.write() {
+                        *model = None;
+                    }
+                    self.metrics.model_loaded.set(0);
+                }
+                self.current = kept.map(Box::new);
+            }
+        }
+    }
+
     fn serve(&mut self, job: Job) {
         let Job { request, events, queued_at } = job;
         if events.is_closed() {
@@ -98,6 +130,7 @@ impl Worker {
             }
         }
         let waited = queued_at.elapsed();
+        self.apply_threads(request.threads);
         let Some(loaded) = self.current.as_mut() else {
             let _ = events.send(Event::Failed(GenerateError::NotLoaded));
             return;
