@@ -52,6 +52,15 @@ curl -s --unix-socket "$socket" http://localhost/v1/chat/completions \
   -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":24}'
 echo
 echo
+echo "== GET /v1/outpost/status (routing signals: battery, cloud, router)"
+curl -s --unix-socket "$socket" http://localhost/v1/outpost/status; echo
+echo
+echo "== outpost route --jsonl (routing decisions; no [cloud] is configured here, so all stay local)"
+printf '%s\n' '{"prompt":"What is the capital of France?"}' \
+  '{"prompt":"Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"}' \
+  '{"prompt":"Which of the following best describes the function of the loop of Henle? A. filtration B. reabsorption of water and salt C. secretion of hormones D. none of the above"}' \
+  | "$bin" route --config "$demo/outpost.toml" --jsonl
+echo
 echo "== outpost ask (streamed)"
 "$bin" ask --socket "$socket" --max-tokens 24 "Tell me about the sea."
 echo
