@@ -37,6 +37,8 @@ pub struct Config {
     pub power: crate::power::PowerConfig,
     /// The cloud LLM.
     pub cloud: crate::cloud::CloudConfig,
+    /// The offline response cache.
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// `[model]`: the GGUF file and llama.cpp's runtime parameters.
@@ -306,6 +308,7 @@ impl Config {
         section("policy", self.policy.validate())?;
         section("power", self.power.validate())?;
         section("cloud", self.cloud.validate())?;
+        section("cache", self.cache.validate())?;
         Ok(())
     }
 }

@@ -13,10 +13,12 @@
 //! - [`policy`]: the pure routing decision.
 //! - [`cloud`]: the cloud LLM client, its circuit breaker and probe.
 //! - [`cascade`]: confidence of local answers.
+//! - [`cache`]: the offline response cache in SQLite (exact and semantic hits).
 //! - [`synth`]: synthetic GGUF models (random weights, real architecture and tokenizer) for tests
 //!   and board qualification.
 
 pub mod api;
+pub mod cache;
 pub mod cascade;
 pub mod client;
 pub mod cloud;

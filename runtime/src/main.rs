@@ -78,6 +78,15 @@ enum Command {
         #[arg(num_args = 0..)]
         prompt: Vec<String>,
     },
+    /// Inspect and manage the offline response cache (the file in `cache.path`; a running
+    /// daemon sees the changes).
+    Cache {
+        /// Base config file; drop-ins are read from `config.d/` beside it.
+        #[arg(long, value_name = "PATH", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Ask the running daemon a question; the answer streams to stdout.
     Ask {
         /// The daemon's socket.
@@ -100,6 +109,29 @@ enum Command {
         /// The question.
         #[arg(required = true, num_args = 1..)]
         prompt: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Entries, size, hits, oldest and newest entry, as JSON.
+    Stats,
+    /// Add prompt/answer pairs from a JSONL file (`-`: stdin): `{"prompt": ..., "answer": ...}`
+    /// per line, optional `"ttl": "7d"`. Bad lines are reported and skipped.
+    Import {
+        /// The JSONL file.
+        file: PathBuf,
+    },
+    /// Write every live entry as JSONL (`-`: stdout).
+    Export {
+        /// The output file (written atomically).
+        file: PathBuf,
+    },
+    /// Remove every entry, or those older than a duration.
+    Clear {
+        /// e.g. `7d`, `12h`.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
     },
 }
 
@@ -174,6 +206,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let line = routing.decide(&prompt.join(" "), Default::default())?;
                 println!("{}", serde_json::to_string(&line)?);
+            }
+        }
+        Command::Cache { config, action } => {
+            use outpost::cache::ops;
+            let config = load_config(config)?;
+            let c = &config.cache;
+            match action {
+                CacheAction::Stats => println!("{}", serde_json::to_string_pretty(&ops::stats(c)?)?),
+                CacheAction::Import { file } => {
+                    let report = ops::import_with_router(c, &config.router, &file)?;
+                    for skipped in &report.skipped {
+                        eprintln!("{}: line {}: {}", file.display(), skipped.line, skipped.reason);
+                    }
+                    println!("{}", serde_json::to_string(&report)?);
+                    if !report.skipped.is_empty() {
+                        anyhow::bail!("{} line(s) skipped", report.skipped.len());
+                    }
+                }
+                CacheAction::Export { file } => {
+                    let n = if file == std::path::Path::new("-") {
+                        ops::export_to(c, &mut std::io::stdout().lock(), &file)?
+                    } else {
+                        ops::export(c, &file)?
+                    };
+                    eprintln!("exported {n} entries");
+                }
+                CacheAction::Clear { older_than } => {
+                    let n = ops::clear(c, older_than)?;
+                    println!("{{\"removed\": {n}}}");
+                }
             }
         }
         Command::Ask { socket, system, max_tokens, temperature, prompt } => {

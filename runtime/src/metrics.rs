@@ -104,6 +104,13 @@ pub struct Metrics {
     pub on_battery: Gauge,
     /// Power mode, one-hot over `high`, `balanced`, `low`.
     pub power_mode: Family<StateLabels, Gauge>,
+    /// Cache lookups by result (`exact`, `semantic`, `miss`, `error`).
+    pub cache_lookups: Family<ResultLabels, Counter>,
+    /// Cache lookup time (seconds).
+    pub cache_lookup_seconds: Histogram,
+    /// Cache stores by outcome (`stored`, `below_confidence`, `private`, `empty`, `too_large`,
+    /// `error`).
+    pub cache_stores: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -134,6 +141,9 @@ impl Metrics {
             battery_level: Gauge::default(),
             on_battery: Gauge::default(),
             power_mode: Family::default(),
+            cache_lookups: Family::default(),
+            cache_lookup_seconds: Histogram::new([0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05]),
+            cache_stores: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "HTTP requests by endpoint and status", m.requests.clone());
@@ -183,6 +193,9 @@ impl Metrics {
         registry.register("battery_level_percent", "Battery level (-1: no battery)", m.battery_level.clone());
         registry.register("on_battery", "1 while running on battery", m.on_battery.clone());
         registry.register("power_mode", "Power mode (one-hot by mode)", m.power_mode.clone());
+        registry.register("cache_lookups", "Cache lookups by result", m.cache_lookups.clone());
+        registry.register("cache_lookup_seconds", "Cache lookup time", m.cache_lookup_seconds.clone());
+        registry.register("cache_stores", "Cache stores by outcome", m.cache_stores.clone());
         m.battery_level.set(-1);
         Self { registry, ..m }
     }

@@ -99,6 +99,28 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         (None, None)
     };
     let router_threshold = router.as_ref().map_or(0.5, |r| r.info().default_threshold);
+    let cache = if config.cache.enabled {
+        status(&format!("opening the cache {}", config.cache.path.display()));
+        let cache_config = config.cache.clone();
+        let space =
+            router.as_ref().map(|r| crate::cache::ops::embedding_space(&r.info().name, &r.info().version));
+        match tokio::task::spawn_blocking(move || crate::cache::Cache::open(&cache_config, space.as_deref()))
+            .await
+        {
+            Ok(Ok(cache)) => Some(cache),
+            Ok(Err(err)) => {
+                // Answering does not need the cache: serve without it, and say so.
+                tracing::error!(%err, "response cache not opened; serving without it");
+                None
+            }
+            Err(err) => {
+                tracing::error!(%err, "cache thread failed; serving without a cache");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     status(&format!("binding {}", socket_path.display()));
     let listener = socket::bind(&socket_path, config.api.group.as_deref())?;
@@ -113,6 +135,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         router_threshold,
         cloud: cloud.clone(),
         power,
+        cache,
     };
     let probe = cloud.is_configured().then(|| cloud.spawn_probe(shutdown.clone()));
     let app = api::router(state).into_make_service_with_connect_info::<socket::Peer>();

@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = {
     "version": "1.0.0",
     "truncation": {"strategy": "head", "max_tokens": 128},
-    "model": {"target": "gain", "alpha": 10000.0, "use_dense": True, "use_struct": True, "use_lex": False},
+    "model": {"target": "gain", "alpha": 60000.0, "block": "layers:1,2,3,4,5,6", "use_dense": True,
+              "use_struct": True, "use_lex": False},
     "cloud_share_target": 0.30,
 }
 

@@ -132,9 +132,10 @@ pub struct Daemon {
 /// barrier, so oversubscribing the cores slows generation down by orders of magnitude.
 pub fn config_text(model: &Path, socket: &Path, extra: &str) -> String {
     format!(
-        "[model]\npath = \"{}\"\ncontext = 1024\nthreads = 1\n\n[api]\nsocket = \"{}\"\nshutdown_timeout = \"5s\"\n{extra}\n",
+        "[model]\npath = \"{}\"\ncontext = 1024\nthreads = 1\n\n[api]\nsocket = \"{}\"\nshutdown_timeout = \"5s\"\n\n[cache]\npath = \"{}\"\n{extra}\n",
         model.display(),
-        socket.display()
+        socket.display(),
+        socket.with_file_name("cache.db").display()
     )
 }
 

@@ -22,6 +22,10 @@ pub struct TensorSpan {
 /// The layout of a GGUF file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// Where the tensor infos end (the padding to `data_start` follows).
+    pub header_end: u64,
+    /// `general.alignment` (default 32).
+    pub alignment: u64,
     /// Where the data section starts (the header and padding lie before it).
     pub data_start: u64,
     /// Tensors in file order, covering `data_start..file end` without gaps.
@@ -148,7 +152,31 @@ pub fn layout(path: &Path) -> Option<Layout> {
     if data_start > size || (tensors.is_empty() && data_start != size) {
         return None;
     }
-    Some(Layout { data_start, tensors })
+    Some(Layout { header_end: pos, alignment, data_start, tensors })
+}
+
+/// Where the string value of the metadata key `key` lies in the GGUF file at `path`: the offset
+/// of its `u64` length prefix, and the value. `None` if the file is not GGUF or has no such
+/// string key. (For tools that edit metadata, such as the measurement's test models.)
+pub fn find_string(path: &Path, key: &str) -> Option<(u64, String)> {
+    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path).ok()?);
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).ok()?;
+    if &magic != b"GGUF" || !matches!(u32le(&mut r)?, 2 | 3) {
+        return None;
+    }
+    let _n_tensors = u64le(&mut r)?;
+    let n_kv = u64le(&mut r)?.min(MAX_COUNT);
+    for _ in 0..n_kv {
+        let k = string(&mut r)?;
+        let ty = u32le(&mut r)?;
+        if k == key && ty == 8 {
+            let at = r.stream_position().ok()?;
+            return Some((at, string(&mut r)?));
+        }
+        value(&mut r, ty, 0)?;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -176,6 +204,28 @@ mod tests {
             assert_eq!(span.offset, *off);
         }
         assert_eq!(l.tensors[2].offset + l.tensors[2].len, size);
+        let (at, name) = find_string(&p, "general.name").unwrap();
+        assert_eq!(name, "m");
+        assert_eq!(&std::fs::read(&p).unwrap()[at as usize + 8..at as usize + 9], b"m");
+        assert!(find_string(&p, "general.nope").is_none());
+
+        // A longer name moves the data section; the tensors keep their bytes.
+        let q = dir.path().join("renamed.gguf");
+        crate::testutil::rewrite_gguf(&p, &q, Some("a much longer name for this model"), |i, _, b| {
+            if i == 1 {
+                b[0] ^= 1;
+            }
+        });
+        let m = layout(&q).unwrap();
+        assert!(m.data_start > l.data_start);
+        assert_eq!(find_string(&q, "general.name").unwrap().1, "a much longer name for this model");
+        let (old, new) = (std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap());
+        for (i, (a, b)) in l.tensors.iter().zip(&m.tensors).enumerate() {
+            assert_eq!((&a.name, a.len), (&b.name, b.len));
+            let (a, b) =
+                (&old[a.offset as usize..][..a.len as usize], &new[b.offset as usize..][..b.len as usize]);
+            assert_eq!(a == b, i != 1, "tensor {i}");
+        }
         std::fs::write(&p, b"not a gguf at all").unwrap();
         assert!(layout(&p).is_none());
     }

@@ -5,6 +5,8 @@
 //! - 1: failed (an update refused, interrupted or failing its trial on the runtime leaves the
 //!   store as it was, with the failure recorded for `status`),
 //! - 78 (`EX_CONFIG`): the configuration is invalid; retrying cannot help.
+//!
+//! `daemon` runs until SIGTERM or SIGINT and then exits 0; it survives every other failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,8 +15,10 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outpost_updater::config::{ConfigError, Settings, DEFAULT_CONFIG_PATH};
+use outpost_updater::daemon::{Daemon, DaemonError};
+use outpost_updater::source::Source;
 use outpost_updater::store::Store;
-use outpost_updater::update::{self, Outcome};
+use outpost_updater::update::{self, Hooks, Outcome};
 use outpost_updater::{keys, release};
 
 /// Exit code for an invalid configuration (sysexits' EX_CONFIG).
@@ -23,7 +27,8 @@ const EXIT_CONFIG: u8 = 78;
 #[derive(Parser)]
 #[command(name = "outpost-updater", version, about = "Signed delta model updates for Outpost")]
 struct Cli {
-    /// The updater's config file (device-side commands).
+    /// The updater's config file (device-side commands); drop-ins are read from `updater.d/*.toml`
+    /// beside it.
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     #[command(subcommand)]
@@ -65,12 +70,19 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Verify and install the release described by a local manifest.json, try it on the runtime
-    /// (reload, version check, one-token generation) and commit it, or switch back.
+    /// Verify and install the release described by a manifest, try it on the runtime (reload,
+    /// version check, one-token generation) and commit it, or switch back.
     Apply {
-        /// Path of the manifest (artifacts are read beside it).
-        manifest: PathBuf,
+        /// The manifest: an http(s):// URL (artifacts are downloaded from beside it, resumably)
+        /// or a local file (artifacts are read beside it). Default: `manifest_url`.
+        #[arg(value_name = "MANIFEST_URL_OR_PATH")]
+        manifest: Option<String>,
     },
+    /// Check `manifest_url` every `check_interval` and install newer releases, until SIGTERM.
+    /// SIGUSR1 asks for a check now.
+    Daemon,
+    /// Finish or undo an update that was interrupted (a crash, a power cut), then exit.
+    Recover,
     /// Show the current and previous versions and any update in progress.
     Status {
         /// Print JSON.
@@ -93,7 +105,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if let Some(config) = err.downcast_ref::<ConfigError>() {
+            let config = err.downcast_ref::<ConfigError>().or(match err.downcast_ref::<DaemonError>() {
+                Some(DaemonError::Config(c)) => Some(c),
+                _ => None,
+            });
+            if let Some(config) = config {
                 eprintln!("outpost-updater: invalid configuration: {config}");
                 return ExitCode::from(EXIT_CONFIG);
             }
@@ -143,7 +159,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Apply { manifest } => {
             let settings = Settings::load(&cli.config)?;
-            match update::apply(&settings, &manifest, now)? {
+            let source = match manifest {
+                Some(arg) => Source::parse(&arg),
+                None => Source::Url(settings.manifest_url()?.to_owned()),
+            };
+            match update::apply_source(&settings, &source, now, Hooks::default())? {
                 Outcome::AlreadyCurrent(c) => println!("{} is already current", c.version),
                 Outcome::Installed { version, artifact, delta } => println!(
                     "installed {} ({}) from {artifact}",
@@ -151,6 +171,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     if delta { "delta" } else { "full" }
                 ),
             }
+        }
+        Command::Daemon => {
+            let daemon = Daemon::new(Settings::load(&cli.config)?)?;
+            daemon.handle_signals()?;
+            daemon.run();
+        }
+        Command::Recover => {
+            let settings = Settings::load(&cli.config)?;
+            let store = Store::new(&settings.updater.store);
+            let _lock = store.lock()?;
+            update::recover(&settings, &store, now)?;
+            let state = store.state()?;
+            println!("current: {}", state.current.map_or("-".to_owned(), |c| c.version));
         }
         Command::Status { json } => {
             let settings = Settings::load(&cli.config)?;
@@ -169,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "failed": state.failed,
                 "latest_known_time": state.latest_known_time,
                 "last_failure": state.last_failure,
+                "partial_downloads": partial_downloads(&store),
             });
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
@@ -187,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback => {
             let settings = Settings::load(&cli.config)?;
             let store = Store::new(&settings.updater.store);
+            let _lock = store.lock()?;
             update::recover(&settings, &store, now)?;
             let to = store.rollback()?;
             println!("rolled back to {}", to.version);
@@ -197,4 +232,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The partial downloads kept for resuming: file name and bytes so far.
+fn partial_downloads(store: &Store) -> serde_json::Value {
+    let Ok(entries) = std::fs::read_dir(store.downloads_dir()) else { return serde_json::json!([]) };
+    let files: Vec<serde_json::Value> = entries
+        .flatten()
+        .map(|e| {
+            let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+            serde_json::json!({ "file": e.file_name().to_string_lossy(), "bytes": bytes })
+        })
+        .collect();
+    serde_json::Value::Array(files)
 }

@@ -7,14 +7,19 @@
 //! <store>/state.json                        committed versions, latest known time, failures
 //! <store>/journal.json                      the update in progress, if any
 //! <store>/staging/                          an update being built (never loaded)
+//! <store>/downloads/<sha256>.part           an artifact being downloaded (resumed next time)
 //! ```
 //!
 //! Every change to `state.json`, `journal.json` and `current` is atomic (temp → fsync → rename →
-//! fsync dir). [`Store::recover`] runs at every invocation and finishes or undoes whatever an
-//! interrupted update left (see [`crate::update`]).
+//! fsync dir). [`crate::update::recover`] runs at every invocation and finishes or undoes
+//! whatever an interrupted update left. One updater at a time changes a store: commands that
+//! change it hold [`Store::lock`] (an exclusive `flock` on the store directory, released by the
+//! kernel when the process dies, however it dies).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, FsError};
@@ -51,6 +56,18 @@ pub enum StoreError {
     /// `rollback` with no previous committed version on disk.
     #[error("no previous committed version to roll back to")]
     NoPrevious,
+    /// Another updater process holds the store's lock.
+    #[error("another outpost-updater is working on {path}")]
+    Busy {
+        /// The store.
+        path: PathBuf,
+    },
+}
+
+/// The store's lock, held until dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _flock: Flock<File>,
 }
 
 /// A committed version.
@@ -142,6 +159,24 @@ impl Store {
     /// `staging/`.
     pub fn staging_root(&self) -> PathBuf {
         self.root.join("staging")
+    }
+
+    /// `downloads/`: artifacts being downloaded.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
+    /// Takes the store's exclusive lock (creating the store directory if missing), or fails at
+    /// once with [`StoreError::Busy`] if another process holds it.
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        let io = |op, source| StoreError::Io { op, path: self.root.clone(), source };
+        std::fs::create_dir_all(&self.root).map_err(|e| io("create", e))?;
+        let dir = File::open(&self.root).map_err(|e| io("open", e))?;
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => Ok(StoreLock { _flock: flock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StoreError::Busy { path: self.root.clone() }),
+            Err((_, errno)) => Err(io("lock", errno.into())),
+        }
     }
 
     fn state_path(&self) -> PathBuf {
@@ -292,5 +327,21 @@ pub fn remove_dir_if_exists(path: &Path) -> Result<(), StoreError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(StoreError::Io { op: "remove", path: path.to_path_buf(), source }),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_lock_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("store"));
+        let held = store.lock().unwrap();
+        assert!(matches!(store.lock(), Err(StoreError::Busy { .. })));
+        drop(held);
+        store.lock().unwrap();
     }
 }

@@ -1,8 +1,11 @@
 //! Synthetic GGUF v3 files for tests and measurements: a valid header with some metadata and a
-//! few f32 tensors of pseudo-random bytes. Not used by the updater itself.
+//! few f32 tensors of pseudo-random bytes; and edits of existing GGUF files (a new name, changed
+//! tensors). Not used by the updater itself.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
+
+use crate::gguf::{self, TensorSpan};
 
 /// A tensor to write: name and raw data (written as a 1-D f32 tensor, data padded to 4 bytes).
 #[derive(Clone, Debug)]
@@ -91,4 +94,44 @@ pub fn write_gguf(path: &Path, name: &str, tensors: &[TestTensor]) -> Vec<u64> {
     }
     f.flush().expect("write test gguf");
     rel.into_iter().map(|r| r + data_start).collect()
+}
+
+/// Writes `dst`: the GGUF file `src` with `general.name` set to `name` when given (the header
+/// changes length; tensor offsets are relative to the data section, which moves with it) and each
+/// tensor's bytes (padding included) passed through `edit(index, span, bytes)` in file order
+/// (which must keep their length).
+/// Streams one tensor at a time. Panics on a file that is not GGUF.
+pub fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    name: Option<&str>,
+    mut edit: impl FnMut(usize, &TensorSpan, &mut Vec<u8>),
+) {
+    let layout = gguf::layout(src).expect("a GGUF file");
+    let mut input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(src).expect("open"));
+    let mut header = vec![0u8; layout.header_end as usize];
+    input.read_exact(&mut header).expect("read header");
+    if let Some(name) = name {
+        let (at, old) = gguf::find_string(src, "general.name").expect("general.name");
+        let at = at as usize;
+        let mut new = header[..at].to_vec();
+        new.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        new.extend_from_slice(name.as_bytes());
+        new.extend_from_slice(&header[at + 8 + old.len()..]);
+        header = new;
+    }
+    let padded = (header.len() as u64).div_ceil(layout.alignment) * layout.alignment;
+    header.resize(padded as usize, 0);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dst).expect("create"));
+    out.write_all(&header).expect("write");
+    let mut skip = vec![0u8; (layout.data_start - layout.header_end) as usize];
+    input.read_exact(&mut skip).expect("read padding");
+    for (i, span) in layout.tensors.iter().enumerate() {
+        let mut bytes = vec![0u8; span.len as usize];
+        input.read_exact(&mut bytes).expect("read tensor");
+        edit(i, span, &mut bytes);
+        assert_eq!(bytes.len() as u64, span.len, "an edit changed the length of {}", span.name);
+        out.write_all(&bytes).expect("write");
+    }
+    out.flush().expect("write");
 }

@@ -18,23 +18,37 @@
 //! runtime is not running, `runtime_absent` decides (default: a failed trial); a first install,
 //! with nothing to go back to, is committed untried.
 //!
-//! Every refusal before the journal's first write leaves the disk untouched; a failure after it
-//! is undone before returning, so the store looks as it did before the attempt.
+//! The manifest and artifacts come from a [`Source`]: a local file, or a URL fetched with
+//! retries and resumable, capped, hashed downloads ([`crate::fetch`]). The download comes before
+//! the journal's first write; it lands in `downloads/`, which keeps a partial file for the next
+//! attempt and nothing else.
+//!
+//! Every refusal before the journal's first write leaves the disk untouched (but for a partial
+//! download kept to be resumed); a failure after it is undone before returning, so the store
+//! looks as it did before the attempt.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{RuntimeAbsent, Settings};
 use crate::delta::{self, DeltaError};
+use crate::fetch::{Client, FetchError, Progress};
 use crate::fsutil::{self, FsError};
 use crate::io::{copy_verified, hash_stream, StreamError};
 use crate::manifest::{format_time, parse_time, Artifact, ArtifactKind, Manifest, ManifestError};
+use crate::source::{Obtained, Source, SourceError};
 use crate::store::{Committed, Journal, State, Step, Store, StoreError, MANIFEST_FILE, MODEL_FILE};
 use crate::trial::{Runtime, TrialError};
 use crate::verify::{self, Policy, TrustState, VerifyError};
 
 /// Free space kept beyond what an update needs.
 const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
+
+/// How far beyond the board's clock a committed manifest's `created` may move the latest known
+/// time (see [`commit`]).
+pub const MAX_CREATED_SKEW: Duration = Duration::from_secs(3600);
 
 /// Why an update failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +74,13 @@ pub enum UpdateError {
         /// The current model's hash.
         current: Option<String>,
     },
-    /// The artifact lives at an absolute URL (HTTP fetch is not implemented yet).
-    #[error("artifact {url} is remote; only artifacts beside a local manifest are supported yet")]
-    Remote {
-        /// The URL.
-        url: String,
-    },
+    /// Fetching the manifest or an artifact failed.
+    #[error("download failed: {0}")]
+    Fetch(#[from] FetchError),
+    /// Stopped on request (SIGTERM) before the update was staged; nothing changed (a partial
+    /// download is kept and resumed next time).
+    #[error("stopped before the update was staged")]
+    Cancelled,
     /// Not enough free space to stage the update.
     #[error("not enough space in {path}: {need} bytes needed, {have} free")]
     Space {
@@ -108,6 +123,41 @@ impl From<FsError> for UpdateError {
     fn from(e: FsError) -> Self {
         Self::Store(StoreError::Fs(e))
     }
+}
+
+impl From<SourceError> for UpdateError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::Manifest(e) => Self::Manifest(e),
+            SourceError::Fetch(FetchError::Cancelled) => Self::Cancelled,
+            SourceError::Fetch(e) => Self::Fetch(e),
+        }
+    }
+}
+
+impl UpdateError {
+    /// Whether trying again soon may help: the network or the server failed, another updater
+    /// held the store, or the runtime was not there for the trial. A refused manifest or artifact
+    /// stays refused until the release changes.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Fetch(e) => e.is_transient(),
+            Self::Store(StoreError::Corrupt { .. } | StoreError::NoPrevious) => false,
+            Self::Trial { source, .. } => source.is_runtime_absent(),
+            Self::Space { .. } | Self::Io { .. } | Self::Store(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Hooks a long-running caller (`daemon`) gives [`apply_source`].
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Once set, a download stops (its partial file kept) and an update not yet staging is
+    /// given up; staging and the trial are bounded and finish.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Called as a download advances.
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
 }
 
 /// What an `apply` did.
@@ -156,9 +206,26 @@ pub(crate) fn crash_point(name: &str) {
 
 /// Verifies the manifest at `manifest_path` and installs its version into the store.
 pub fn apply(settings: &Settings, manifest_path: &Path, now: SystemTime) -> Result<Outcome, UpdateError> {
+    apply_source(settings, &Source::from(manifest_path), now, Hooks::default())
+}
+
+/// Fetches (or reads) and verifies the manifest at `source` and installs its version into the
+/// store, holding the store's lock.
+pub fn apply_source(
+    settings: &Settings,
+    source: &Source,
+    now: SystemTime,
+    mut hooks: Hooks<'_>,
+) -> Result<Outcome, UpdateError> {
     let store = Store::new(&settings.updater.store);
+    let _lock = store.lock()?;
     recover(settings, &store, now)?;
-    let (manifest, raw) = Manifest::read(manifest_path)?;
+    let mut client = Client::new(&settings.http);
+    if let Some(flag) = &hooks.cancel {
+        client = client.with_cancel(flag.clone());
+    }
+    let cancelled = || hooks.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
+    let (manifest, raw) = source.manifest(&client)?;
     let state = store.state()?;
     let policy = Policy {
         keys: &settings.keys,
@@ -178,10 +245,6 @@ pub fn apply(settings: &Settings, manifest_path: &Path, now: SystemTime) -> Resu
     let current_sha = state.current.as_ref().map(|c| c.sha256.clone());
     let artifact = choose_artifact(&s.artifacts, current_sha.as_deref())
         .ok_or(UpdateError::NoArtifact { current: current_sha.clone() })?;
-    if let Some(url) = &artifact.url {
-        return Err(UpdateError::Remote { url: url.clone() });
-    }
-    let source = manifest_path.parent().unwrap_or(Path::new(".")).join(&artifact.name);
 
     let space_root =
         if store.root().exists() { store.root() } else { store.root().parent().unwrap_or(Path::new("/")) };
@@ -189,6 +252,17 @@ pub fn apply(settings: &Settings, manifest_path: &Path, now: SystemTime) -> Resu
     let have = fsutil::free_space(space_root)?;
     if have < need {
         return Err(UpdateError::Space { path: store.root().to_path_buf(), need, have });
+    }
+    // This version may still be on disk (the previous one, after a rollback): then nothing is
+    // fetched.
+    let on_disk =
+        file_sha256(&store.version_dir(&s.version).join(MODEL_FILE)).as_deref() == Some(&*s.target.sha256);
+    let mut no_progress = |_: Progress| {};
+    let progress = hooks.progress.take().unwrap_or(&mut no_progress);
+    let obtained = if on_disk { None } else { Some(source.obtain(artifact, &client, &store, progress)?) };
+    if cancelled() {
+        // A complete download stays in `downloads/` and is used (after re-hashing) next time.
+        return Err(UpdateError::Cancelled);
     }
 
     let journal = Journal {
@@ -199,7 +273,7 @@ pub fn apply(settings: &Settings, manifest_path: &Path, now: SystemTime) -> Resu
         from: state.current.clone(),
         trials: 0,
     };
-    let result = stage_and_switch(&store, &journal, &manifest, &raw, artifact, &source);
+    let result = stage_and_switch(&store, &journal, &manifest, &raw, artifact, obtained.as_ref());
     if let Err(err) = result {
         undo(&store, &journal)?;
         return Err(err);
@@ -226,32 +300,39 @@ fn stage_and_switch(
     manifest: &Manifest,
     raw: &[u8],
     artifact: &Artifact,
-    source: &Path,
+    obtained: Option<&Obtained>,
 ) -> Result<(), UpdateError> {
     let s = &manifest.signed;
     store.ensure_dirs()?;
     let dest = store.version_dir(&s.version);
-    if file_sha256(&dest.join(MODEL_FILE)).as_deref() == Some(&*s.target.sha256) {
-        // This version is still on disk (the previous one, after a rollback): switch to it.
+    let Some(obtained) = obtained else {
+        // This version is still on disk, verified (the previous one, after a rollback): switch.
         store.write_journal(&Journal { step: Step::Staged, ..journal.clone() })?;
         store.switch_to(&s.version)?;
         store.write_journal(&Journal { step: Step::Switched, ..journal.clone() })?;
         return Ok(());
-    }
+    };
     store.write_journal(journal)?;
     crash_point("staging");
     store.clear_staging()?;
     let staging = store.staging_root().join(&s.version);
     std::fs::create_dir_all(&staging).map_err(io("create", &staging))?;
 
-    // The artifact is copied into staging while it is hashed (capped at its declared size), so
-    // what is verified is what is used.
+    // A file from outside the store is copied into staging while it is hashed (capped at its
+    // declared size), so what is verified is what is used. A download was verified as it was
+    // written into the store; it is moved.
     let staged_artifact = staging.join(format!("{}.part", artifact.name));
-    {
-        let mut src = std::fs::File::open(source).map_err(io("open", source))?;
-        let mut dst = std::fs::File::create(&staged_artifact).map_err(io("create", &staged_artifact))?;
-        copy_verified(&mut src, &mut dst, artifact.size, &artifact.sha256, &artifact.name)?;
-        dst.sync_all().map_err(io("fsync", &staged_artifact))?;
+    match obtained {
+        Obtained::Outside(source) => {
+            let mut src = std::fs::File::open(source).map_err(io("open", source))?;
+            let mut dst = std::fs::File::create(&staged_artifact).map_err(io("create", &staged_artifact))?;
+            copy_verified(&mut src, &mut dst, artifact.size, &artifact.sha256, &artifact.name)?;
+            dst.sync_all().map_err(io("fsync", &staged_artifact))?;
+        }
+        Obtained::Downloaded(path) => {
+            fsutil::rename_durable(path, &staged_artifact)?;
+            crate::fetch::remove_dir_if_empty(&store.downloads_dir());
+        }
     }
     let model = staging.join(MODEL_FILE);
     match artifact.kind {
@@ -371,6 +452,16 @@ pub fn reload_runtime(settings: &Settings) -> Result<(), TrialError> {
 }
 
 /// Records the switched version as committed, then collects old versions.
+///
+/// The latest known time (the floor for expiry checks, persisted so a clock stepped backwards
+/// cannot reopen an expired manifest) advances to the latest of itself, the board's clock, and
+/// the manifest's `created` **capped at the board's clock plus [`MAX_CREATED_SKEW`]**. Without
+/// the cap, one validly signed manifest with a far-future `created` (a release machine with a
+/// wrong clock, a signing mistake) would make every later manifest look expired on this board
+/// for good. With it, `created` can move the floor at most an hour past the board's own clock
+/// (release machines and boards disagree by seconds once NTP runs; a board still without NTP is
+/// behind, not ahead, and then the cap only means less protection, never a refusal). A manifest
+/// is never refused for a future `created`: that would lock out a board whose clock is behind.
 fn commit(store: &Store, journal: &Journal, now: SystemTime) -> Result<(), UpdateError> {
     let mut state = store.state()?;
     let new = Committed { version: journal.version.clone(), sha256: journal.sha256.clone() };
@@ -386,11 +477,11 @@ fn commit(store: &Store, journal: &Journal, now: SystemTime) -> Result<(), Updat
     if newer {
         state.highest_committed = Some(new);
     }
-    let latest =
-        [state.latest_known_time.as_deref().and_then(parse_time), parse_time(&journal.created), Some(now)]
-            .into_iter()
-            .flatten()
-            .max();
+    let created = parse_time(&journal.created).map(|c| c.min(now + MAX_CREATED_SKEW));
+    let latest = [state.latest_known_time.as_deref().and_then(parse_time), created, Some(now)]
+        .into_iter()
+        .flatten()
+        .max();
     state.latest_known_time = latest.map(format_time);
     store.write_state(&state)?;
     store.clear_journal()?;

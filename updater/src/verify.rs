@@ -8,7 +8,10 @@
 //! - No downgrade below the highest committed version; the same version is accepted again only
 //!   with the same target hash.
 //! - Expiry against `max(now, latest known time)`, the latest known time being persisted, so a
-//!   clock stepped backwards cannot reopen an expired manifest.
+//!   clock stepped backwards cannot reopen an expired manifest. A commit moves it to a manifest's
+//!   `created` only up to the board's clock plus [`crate::update::MAX_CREATED_SKEW`], so a
+//!   far-future `created` cannot make later manifests look expired; a future `created` is not
+//!   itself refused (a board's clock may be behind).
 //! - The board's device class must be listed; target and artifact names must be plain file names.
 
 use std::collections::BTreeSet;

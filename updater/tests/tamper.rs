@@ -1,4 +1,5 @@
-//! The tamper table: each attack is refused and the store is byte-for-byte as it was.
+//! The tamper table: each attack is refused and the store is byte-for-byte as it was; and a
+//! far-future `created` cannot lock a board out of later releases.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -8,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use common::{read_manifest, snapshot, write_manifest, Fixture};
 use outpost_updater::delta::DeltaError;
 use outpost_updater::io::StreamError;
-use outpost_updater::manifest::{format_time, ArtifactKind, Manifest};
-use outpost_updater::update::{apply, Outcome, UpdateError};
+use outpost_updater::manifest::{format_time, parse_time, ArtifactKind, Manifest};
+use outpost_updater::store::Store;
+use outpost_updater::update::{apply, Outcome, UpdateError, MAX_CREATED_SKEW};
 use outpost_updater::verify::VerifyError;
 
 /// Applies `dir/manifest.json` at `now`, expecting a refusal that leaves the store unchanged.
@@ -178,4 +180,45 @@ fn tamper_table() {
     let out = apply(&s, &f.rel2.join("manifest.json"), now).unwrap();
     assert!(matches!(out, Outcome::AlreadyCurrent(_)), "{out:?}");
     assert_eq!(snapshot(&f.store()), before);
+}
+
+/// A validly signed manifest with a far-future `created` moves the latest known time at most
+/// [`MAX_CREATED_SKEW`] past the board's clock, so releases made later still install.
+#[test]
+fn a_far_future_created_cannot_expire_later_releases() {
+    let f = Fixture::new();
+    let s = f.settings(&["k1"], 1);
+    let now = SystemTime::now();
+    let latest = || {
+        let state = Store::new(f.store()).state().unwrap();
+        parse_time(state.latest_known_time.as_deref().unwrap()).unwrap()
+    };
+    apply(&s, &f.rel1.join("manifest.json"), now).unwrap();
+
+    let year = Duration::from_secs(365 * 86400);
+    let d = f.copy_release(&f.rel2, "future");
+    resign(&f, &d, |m| {
+        m.signed.created = format_time(now + 10 * year);
+        m.signed.expires = format_time(now + 11 * year);
+    });
+    // Accepted (a board's clock may be behind the release machine's)...
+    apply(&s, &d.join("manifest.json"), now).unwrap();
+    assert_eq!(f.current_sha(), Some(common::sha_of(&f.v2)));
+    // ...but it moved the floor only to the board's clock plus the skew.
+    let t = latest();
+    assert!(t <= now + MAX_CREATED_SKEW + Duration::from_secs(1), "{}", format_time(t));
+    assert!(t >= now + MAX_CREATED_SKEW - Duration::from_secs(1), "{}", format_time(t));
+
+    // A release made a day later (its machine's clock 30 min ahead of the board's), valid for
+    // 30 days, still installs; within the skew, its `created` counts in full.
+    let (day, half_hour) = (Duration::from_secs(86400), Duration::from_secs(1800));
+    let rel3 = f.path().join("rel3");
+    f.release(&f.v3, "1.2.0", std::slice::from_ref(&f.v2), &rel3, std::slice::from_ref(&f.k1));
+    resign(&f, &rel3, |m| {
+        m.signed.created = format_time(now + day + half_hour);
+        m.signed.expires = format_time(now + 31 * day);
+    });
+    let out = apply(&s, &rel3.join("manifest.json"), now + day).unwrap();
+    assert!(matches!(out, Outcome::Installed { delta: true, .. }), "{out:?}");
+    assert_eq!(format_time(latest()), format_time(now + day + half_hour));
 }

@@ -19,13 +19,16 @@ use axum::Json;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::cached::{self, Remember};
 use super::error::ApiError;
 use super::openai::ChatRequest;
 use super::report::{Report, ROUTE_HEADER};
 use super::{cloud, local, AppState};
+use crate::cache::{self as response_cache, Origin, Query, ReadMode};
 use crate::engine::{ChatMessage, Event, Generate, GenerateError};
 use crate::metrics::RouteLabels;
 use crate::policy::{self, Decision, Inputs, Refusal, Route, RouteOverride};
+use crate::signals::Connectivity;
 
 /// Everything one request's routing needs.
 struct Request {
@@ -36,6 +39,8 @@ struct Request {
     stream: bool,
     include_usage: bool,
     inputs: Inputs,
+    /// Keeps the answer in the response cache, when there is one.
+    remember: Option<Remember>,
 }
 
 /// The handler.
@@ -49,6 +54,10 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     let stream = request.streaming();
     let include_usage = request.include_usage();
     let mut generate = request.into_generate(&state.config.generation)?;
+    // The cache key is the request as asked, before any power-mode limit.
+    let query = state.cache.as_ref().map(|_| Query::new(&generate.messages, &generate.sampling));
+    let read_mode =
+        response_cache::read_mode(&state.config.cache, state.cloud.connectivity(), &generate.sampling);
 
     let inputs = Inputs {
         complexity: None,
@@ -85,7 +94,33 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     if state.router.is_some() && score.is_none() {
         report.reasons.push("router: no score (router failed or busy)".into());
     }
-    let request = Request { state, raw, generate, stream, include_usage, inputs };
+
+    // The cache answers before anything is generated (not when the request forces a route).
+    let forced = matches!(options.route, Some(RouteOverride::Local | RouteOverride::Cloud));
+    let query = query.map(|q| match &score {
+        Some(s) => q.with_embedding(s.embedding.clone()),
+        None => q,
+    });
+    if let (Some(cache), Some(query), false, false) =
+        (&state.cache, &query, forced, matches!(read_mode, ReadMode::Off))
+    {
+        if let Some(hit) = cached::lookup(cache, query.clone(), read_mode, &state.metrics).await {
+            drop(early);
+            cached::report_hit(&mut report, &hit);
+            let response = cached::respond(&hit, &report, stream, include_usage);
+            return Ok(with_route(response, &report, &state));
+        }
+    }
+    let remember = match (&state.cache, query) {
+        (Some(cache), Some(query)) => Some(Remember {
+            cache: cache.clone(),
+            query,
+            private: response_cache::is_private(&state.config.policy, &options),
+            metrics: state.metrics.clone(),
+        }),
+        _ => None,
+    };
+    let request = Request { state, raw, generate, stream, include_usage, inputs, remember };
 
     let result = match decision.route {
         Route::Local | Route::Cache => {
@@ -108,7 +143,7 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
             let forced = options.route == Some(RouteOverride::Cloud);
             request.cloud(report, !forced).await
         }
-        Route::Refuse => Err(refusal(&decision, None)),
+        Route::Refuse => Err(refusal(&decision, None, inputs.connectivity)),
     };
     result
 }
@@ -126,9 +161,16 @@ fn routing_text(messages: &[ChatMessage]) -> String {
     }
 }
 
-/// The error for a refused request.
-fn refusal(decision: &Decision, overflow: Option<GenerateError>) -> ApiError {
-    let why = decision.reasons.join("; ");
+/// The error for a refused request. Offline, it says so: the request may succeed once the
+/// board is back online (and nothing was cached for it).
+fn refusal(decision: &Decision, overflow: Option<GenerateError>, connectivity: Connectivity) -> ApiError {
+    let mut why = decision.reasons.join("; ");
+    if connectivity == Connectivity::Offline {
+        if let Some(err) = overflow {
+            why = format!("{err}; {why}");
+        }
+        return ApiError::OfflineNoCache(why);
+    }
     match (decision.refusal, overflow) {
         (Some(Refusal::ContextTooLong), Some(err)) => ApiError::ContextTooLong(format!("{err}; {why}")),
         (Some(Refusal::ContextTooLong), None) => {
@@ -166,7 +208,7 @@ impl Request {
                 report.redecide(&again);
                 return match again.route {
                     Route::Cloud => self.cloud(report, false).await,
-                    _ => Err(refusal(&again, Some(err))),
+                    _ => Err(refusal(&again, Some(err), inputs.connectivity)),
                 };
             }
             Some(Event::Failed(err)) => return Err(err.into()),
@@ -181,6 +223,7 @@ impl Request {
                 report.clone(),
                 self.state.metrics.clone(),
                 self.price(),
+                self.remember.clone(),
             );
             return Ok(with_route(sse.into_response(), &report, &self.state));
         }
@@ -198,6 +241,9 @@ impl Request {
                 Ok(response) => {
                     self.state.metrics.cascade_checked.inc();
                     self.state.metrics.cascaded.inc();
+                    if let Some(remember) = self.remember.clone() {
+                        keep_cloud_answer(remember, &response);
+                    }
                     report.route = Route::Cloud;
                     report.cascaded = true;
                     let body = cloud::body(response, &report);
@@ -210,6 +256,14 @@ impl Request {
             }
         }
         local::count_answer(&self.state.metrics, &answer.done, self.price());
+        if let Some(remember) = self.remember.clone() {
+            remember.keep(
+                answer.content.clone(),
+                meta.model_id().to_owned(),
+                Origin::Local,
+                confidence.score,
+            );
+        }
         let body = answer.body(&meta, &report);
         Ok(with_route(Json(body).into_response(), &report, &self.state))
     }
@@ -223,13 +277,14 @@ impl Request {
                 .cloud
                 .stream(self.raw.clone())
                 .await
-                .map(|s| cloud::stream(s, report.clone()).into_response())
+                .map(|s| cloud::stream(s, report.clone(), self.remember.clone()).into_response())
         } else {
-            self.state
-                .cloud
-                .complete(self.raw.clone())
-                .await
-                .map(|r| Json(cloud::body(r, &report)).into_response())
+            self.state.cloud.complete(self.raw.clone()).await.map(|r| {
+                if let Some(remember) = self.remember.clone() {
+                    keep_cloud_answer(remember, &r);
+                }
+                Json(cloud::body(r, &report)).into_response()
+            })
         };
         match result {
             Ok(response) => Ok(with_route(response, &report, &self.state)),
@@ -250,4 +305,11 @@ impl Request {
     fn local_possible(&self) -> bool {
         self.inputs.prompt_tokens.is_none_or(|n| n < self.inputs.local_context)
     }
+}
+
+/// Keeps a non-streamed cloud answer (trusted: the cloud model is the strong one).
+fn keep_cloud_answer(remember: Remember, response: &Value) {
+    let content = response["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let model = response["model"].as_str().unwrap_or("cloud");
+    remember.keep(content.to_owned(), model.to_owned(), Origin::Cloud, 1.0);
 }

@@ -24,13 +24,22 @@ pub fn body(mut response: Value, report: &Report) -> Value {
 pub fn stream(
     mut upstream: CloudStream,
     report: Report,
+    remember: Option<super::cached::Remember>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let data = |v: &Value| SseEvent::default().data(v.to_string());
     let body = async_stream::stream! {
         let mut reported = false;
+        let mut content = String::new();
+        let mut model = String::from("cloud");
         while let Some(item) = upstream.next().await {
             match item {
                 Ok(mut chunk) => {
+                    if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str() {
+                        content.push_str(text);
+                    }
+                    if let Some(m) = chunk["model"].as_str() {
+                        model = m.to_owned();
+                    }
                     let finished = chunk["choices"]
                         .as_array()
                         .is_some_and(|c| c.iter().any(|c| !c["finish_reason"].is_null()));
@@ -48,6 +57,10 @@ pub fn stream(
                     return;
                 }
             }
+        }
+        // The whole answer arrived (the stream reached [DONE]): keep it.
+        if let Some(remember) = remember {
+            remember.keep(content, model, crate::cache::Origin::Cloud, 1.0);
         }
         yield Ok(SseEvent::default().data("[DONE]"));
     };

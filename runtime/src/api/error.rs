@@ -35,6 +35,10 @@ pub enum ApiError {
     /// reachable).
     #[error("the request cannot be served: {0}")]
     Refused(String),
+    /// The device is offline, nothing is cached for the request, and it cannot be answered
+    /// locally.
+    #[error("the device is offline and nothing is cached for this request ({0})")]
+    OfflineNoCache(String),
     /// The cloud failed.
     #[error("the cloud model failed: {0}")]
     Cloud(crate::cloud::CloudError),
@@ -75,6 +79,7 @@ impl ApiError {
             Self::ContextTooLong(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request_error", "context_length_exceeded")
             }
+            Self::OfflineNoCache(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "offline_no_cache"),
             Self::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "route_unavailable"),
             Self::Cloud(err) if err.is_unreachable() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "server_error", "cloud_unavailable")

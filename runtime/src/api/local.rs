@@ -30,6 +30,11 @@ impl Meta {
         Self { id: format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32), created, model }
     }
 
+    /// The model's id.
+    pub fn model_id(&self) -> &str {
+        &self.model.id
+    }
+
     fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Option<Value>) -> Value {
         json!({
             "id": self.id,
@@ -129,6 +134,7 @@ pub fn stream(
     mut report: Report,
     metrics: Arc<Metrics>,
     cloud_price_per_1k: Option<f64>,
+    remember: Option<super::cached::Remember>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let data = |v: Value| SseEvent::default().data(v.to_string());
     let body = async_stream::stream! {
@@ -159,6 +165,10 @@ pub fn stream(
                     report.confidence = Some(confidence.score);
                     report.checks = confidence.checks.clone();
                     count_answer(&metrics, &done, cloud_price_per_1k);
+                    if let Some(remember) = remember.clone() {
+                        let model = meta.model.id.clone();
+                        remember.keep(content.clone(), model, crate::cache::Origin::Local, confidence.score);
+                    }
                     let reason = openai::finish_reason(done.finish_reason);
                     let mut finish = meta.chunk(json!({}), Some(reason), None);
                     finish["outpost"] = report.json();

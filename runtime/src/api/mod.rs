@@ -1,6 +1,8 @@
 //! The HTTP API on the Unix socket: OpenAI-compatible chat completions, model identity, health,
 //! metrics and admin endpoints.
 
+mod admin_cache;
+mod cached;
 pub mod chat;
 mod cloud;
 pub mod error;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub cloud: crate::cloud::Cloud,
     /// The latest power reading.
     pub power: tokio::sync::watch::Receiver<crate::signals::PowerState>,
+    /// The offline response cache, if enabled and opened.
+    pub cache: Option<crate::cache::Cache>,
 }
 
 /// The API's routes.
@@ -64,6 +68,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/reload", post(reload))
         .route("/v1/outpost/status", get(status::status))
+        .route("/admin/cache/stats", get(admin_cache::stats))
+        .route("/admin/cache/clear", post(admin_cache::clear))
+        .route("/admin/cache/export", get(admin_cache::export))
+        .route("/admin/cache/import", post(admin_cache::import))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))

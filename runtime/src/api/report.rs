@@ -34,6 +34,15 @@ pub struct Report {
     pub power_mode: PowerMode,
     /// The cloud's reachability the decision saw.
     pub connectivity: Connectivity,
+    /// Cache hits: `exact` or `semantic`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_hit: Option<&'static str>,
+    /// Cache hits: cosine similarity of the prompts (1 for exact hits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f32>,
+    /// Cache hits: the entry's age in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_s: Option<u64>,
     /// Router time in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub router_ms: Option<f64>,
@@ -52,6 +61,9 @@ impl Report {
             threshold: decision.threshold,
             power_mode: decision.power_mode,
             connectivity,
+            cache_hit: None,
+            similarity: None,
+            age_s: None,
             router_ms: score.map(|s| s.elapsed.as_secs_f64() * 1000.0),
         }
     }

@@ -1,5 +1,8 @@
-//! Shared fixtures: keys, two synthetic GGUF versions, releases, a store snapshot.
+//! Shared fixtures: keys, two synthetic GGUF versions, releases, a store snapshot, and a
+//! fault-injecting HTTP server ([`server`]).
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod server;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use outpost_updater::config::Settings;
-use outpost_updater::io::hash_stream;
+use outpost_updater::io::{hash_stream, sha256_hex};
 use outpost_updater::keys;
 use outpost_updater::manifest::Manifest;
 use outpost_updater::release::{release, ReleaseOptions};
@@ -106,18 +109,25 @@ impl Fixture {
     /// A config file trusting the given key dirs. No runtime runs in these tests: the socket is
     /// absent and `runtime_absent = "commit"` commits untried (the trial has its own tests).
     pub fn config(&self, keys: &[&str], threshold: usize) -> PathBuf {
+        self.config_with(keys, threshold, "")
+    }
+
+    /// [`Self::config`] with `extra` lines appended to `[updater]`.
+    pub fn config_with(&self, keys: &[&str], threshold: usize, extra: &str) -> PathBuf {
         let list: Vec<String> = keys
             .iter()
             .map(|k| format!("{:?}", self.path().join(k).join("release.pub").display().to_string()))
             .collect();
         let text = format!(
             "[updater]\nstore = {:?}\ntrusted_keys = [{}]\nthreshold = {threshold}\ndevice_class = \"{CLASS}\"\n\
-             runtime_socket = {:?}\nruntime_absent = \"commit\"\n",
+             runtime_socket = {:?}\nruntime_absent = \"commit\"\n{extra}\n",
             self.store().display().to_string(),
             list.join(", "),
             self.path().join("no-runtime.sock").display().to_string()
         );
-        let path = self.path().join(format!("updater-{}-{threshold}.toml", keys.join("-")));
+        let tag =
+            if extra.is_empty() { String::new() } else { format!("-{}", &sha256_hex(extra.as_bytes())[..8]) };
+        let path = self.path().join(format!("updater-{}-{threshold}{tag}.toml", keys.join("-")));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -142,6 +152,11 @@ impl Fixture {
         let p = self.store().join("current").join("model.gguf");
         p.exists().then(|| sha_of(&p))
     }
+}
+
+/// [`snapshot`] without `downloads/` (where a partial download is kept on purpose).
+pub fn snapshot_but_downloads(root: &Path) -> BTreeMap<String, String> {
+    snapshot(root).into_iter().filter(|(k, _)| !k.starts_with("downloads")).collect()
 }
 
 /// Every path under `root` with its content hash, link target or "dir".

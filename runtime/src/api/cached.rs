@@ -1,0 +1,134 @@
+//! The response cache on the request path: answers served from it, and answers kept in it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::report::Report;
+use crate::cache::{Cache, Hit, HitKind, NewEntry, Origin, Query, ReadMode};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::policy::Route;
+
+/// Looks the request up; errors count as misses (the cache never fails a request).
+pub async fn lookup(cache: &Cache, query: Query, mode: ReadMode, metrics: &Metrics) -> Option<Hit> {
+    let started = Instant::now();
+    let result = cache.lookup(query, mode).await;
+    metrics.cache_lookup_seconds.observe(started.elapsed().as_secs_f64());
+    let label = match &result {
+        Ok(Some(hit)) if hit.kind == HitKind::Exact => "exact",
+        Ok(Some(_)) => "semantic",
+        Ok(None) => "miss",
+        Err(err) => {
+            tracing::warn!(%err, "cache lookup failed; treating it as a miss");
+            "error"
+        }
+    };
+    metrics.cache_lookups.get_or_create(&ResultLabels { result: label.into() }).inc();
+    result.ok().flatten()
+}
+
+/// Marks the report as answered by the cache.
+pub fn report_hit(report: &mut Report, hit: &Hit) {
+    report.route = Route::Cache;
+    let kind = if hit.kind == HitKind::Exact { "exact" } else { "semantic" };
+    report.cache_hit = Some(kind);
+    report.similarity = Some(hit.similarity);
+    report.age_s = Some(hit.age.as_secs());
+    report.reasons.insert(
+        0,
+        format!(
+            "cache: {kind} hit (similarity {:.3}, {} s old, answered by {} {})",
+            hit.similarity,
+            hit.age.as_secs(),
+            hit.origin.as_str(),
+            hit.model
+        ),
+    );
+}
+
+/// The cached answer as a chat completion, streamed or not.
+pub fn respond(hit: &Hit, report: &Report, stream: bool, include_usage: bool) -> Response {
+    let id = format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32);
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let usage = json!({ "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 });
+    if !stream {
+        return Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": hit.model,
+            "system_fingerprint": null,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": hit.answer },
+                "logprobs": null,
+                "finish_reason": "stop",
+            }],
+            "usage": usage,
+            "outpost": report.json(),
+        }))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": hit.model,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        })
+    };
+    let mut events = vec![
+        chunk(json!({ "role": "assistant", "content": "" }), None),
+        chunk(json!({ "content": hit.answer }), None),
+    ];
+    let mut finish = chunk(json!({}), Some("stop"));
+    finish["outpost"] = report.json();
+    events.push(finish);
+    if include_usage {
+        let mut last = chunk(json!({}), None);
+        last["choices"] = json!([]);
+        last["usage"] = usage;
+        events.push(last);
+    }
+    let mut data: Vec<Result<SseEvent, Infallible>> =
+        events.into_iter().map(|v| Ok(SseEvent::default().data(v.to_string()))).collect();
+    data.push(Ok(SseEvent::default().data("[DONE]")));
+    Sse::new(futures::stream::iter(data)).into_response()
+}
+
+/// What is needed to keep an answer once it is known.
+#[derive(Clone)]
+pub struct Remember {
+    /// The cache.
+    pub cache: Cache,
+    /// The request as looked up.
+    pub query: Query,
+    /// The request asked to stay on the board.
+    pub private: bool,
+    /// For the stores metric.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Remember {
+    /// Stores the answer in the background (the store waits for an fsync; the caller does not).
+    pub fn keep(self, answer: String, model: String, origin: Origin, confidence: f32) {
+        let entry = NewEntry { query: self.query, answer, model, origin, confidence, private: self.private };
+        tokio::spawn(async move {
+            let label = match self.cache.store(entry).await {
+                Ok(outcome) => serde_json::to_value(outcome)
+                    .ok()
+                    .and_then(|v| v["result"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "stored".into()),
+                Err(err) => {
+                    tracing::warn!(%err, "cache store failed");
+                    "error".into()
+                }
+            };
+            self.metrics.cache_stores.get_or_create(&ResultLabels { result: label }).inc();
+        });
+    }
+}
