@@ -76,9 +76,6 @@ impl Handle {
 /// The daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The configuration lacks what the daemon needs.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     /// Signal handling could not be set up.
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] std::io::Error),

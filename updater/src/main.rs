@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outpost_updater::config::{ConfigError, Settings, DEFAULT_CONFIG_PATH};
-use outpost_updater::daemon::{Daemon, DaemonError};
+use outpost_updater::daemon::Daemon;
 use outpost_updater::source::Source;
 use outpost_updater::store::Store;
 use outpost_updater::update::{self, Hooks, Outcome};
@@ -105,11 +105,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let config = err.downcast_ref::<ConfigError>().or(match err.downcast_ref::<DaemonError>() {
-                Some(DaemonError::Config(c)) => Some(c),
-                _ => None,
-            });
-            if let Some(config) = config {
+            if let Some(config) = err.downcast_ref::<ConfigError>() {
                 eprintln!("outpost-updater: invalid configuration: {config}");
                 return ExitCode::from(EXIT_CONFIG);
             }

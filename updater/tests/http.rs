@@ -109,6 +109,14 @@ fn full_then_delta_over_http() {
     let out = apply_source(&settings, &url("rel2"), SystemTime::now(), Hooks::default()).unwrap();
     assert!(matches!(out, Outcome::AlreadyCurrent(_)), "{out:?}");
     assert_eq!(server.log().len(), 1);
+    // After a rollback, the version still on disk is switched back to without a download.
+    outpost_updater::store::Store::new(f.store()).rollback().unwrap();
+    assert_eq!(f.current_sha(), Some(sha_of(&f.v1)));
+    server.clear_log();
+    let out = apply_source(&settings, &url("rel2"), SystemTime::now(), Hooks::default()).unwrap();
+    assert!(matches!(out, Outcome::Installed { .. }), "{out:?}");
+    assert_eq!(f.current_sha(), Some(sha_of(&f.v2)));
+    assert_eq!(server.log().len(), 1, "{:?}", server.log());
 }
 
 #[test]

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! - `MEASURE_MODEL`: the v1 GGUF (e.g. the runtime's `synth-model --preset 0.5b --quant
-//!   q4_k_m`); unset: a synthetic file of `MEASURE_TENSORS` (default 64) f32 tensors of 4 MiB.
+//!   q4_k_m`); unset: a synthetic file of `MEASURE_TENSORS` (default 64) f32 tensors of
+//!   `MEASURE_TENSOR_MIB` (default 4) MiB of pseudo-random bytes (tensors over 16 MiB are cut
+//!   into 16 MiB delta chunks, as a real model's large tensors are).
 //! - `MEASURE_VARIANTS`: which v2s, of `meta` (only `general.name` changed, to a longer string:
 //!   all tensor data moves), `ten` (one tensor in ten rewritten with new bytes, as a retrained and
 //!   re-quantized layer), `all` (every tensor slightly changed: one bit flipped in every
@@ -79,9 +81,9 @@ fn delta_sizes_and_apply_peak_rss() {
     let v1 = match std::env::var_os("MEASURE_MODEL") {
         Some(p) => PathBuf::from(p),
         None => {
-            let n = env("MEASURE_TENSORS", 64usize);
+            let (n, mib) = (env("MEASURE_TENSORS", 64usize), env("MEASURE_TENSOR_MIB", 4usize));
             let tensors: Vec<TestTensor> = (0..n)
-                .map(|i| TestTensor::random(&format!("blk.{i}.weight"), 1 << 20, i as u64 + 1))
+                .map(|i| TestTensor::random(&format!("blk.{i}.weight"), mib << 18, i as u64 + 1))
                 .collect();
             let p = f.path().join("big-v1.gguf");
             write_gguf(&p, "big-1", &tensors);
