@@ -4,7 +4,10 @@
 Starts the daemon on MODEL with a NOTIFY_SOCKET listener, measures the time from process start to
 READY=1, then sends chat completions with prompts of several lengths and reports prompt and decode
 tokens/s as the daemon measured them (the llama-server style `timings` object) next to what the
-client saw (time to first streamed token, total time).
+client saw (time to first streamed token, total time). Then, with --cache-runs N (default 5), the
+time of a repeated question answered from the response cache next to the time the local model
+took for the same answer (the tiny/synthetic models are never confident, so the bench stores
+every answer: cache.min_confidence = 0).
 
     scripts/bench_socket.py --model 05b-q4km.gguf --threads 2 [--bin target/release/outpost]
 """
@@ -50,6 +53,16 @@ def chat(sock_path, body):
     return json.loads(data)
 
 
+def chat_route(sock_path, body):
+    conn = UnixHTTPConnection(sock_path)
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise SystemExit(f"HTTP {resp.status}: {data[:300]!r}")
+    return resp.getheader("x-outpost-route"), json.loads(data)
+
+
 def stream_ttft(sock_path, body):
     body = dict(body, stream=True)
     conn = UnixHTTPConnection(sock_path)
@@ -77,6 +90,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--prompt-words", default="16,128,400")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cache-runs", type=int, default=5)
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="outpost-bench-")
@@ -85,7 +99,8 @@ def main():
     config = os.path.join(work, "outpost.toml")
     with open(config, "w") as f:
         f.write(f'[model]\npath = "{os.path.abspath(args.model)}"\ncontext = {args.context}\n'
-                f'threads = {args.threads}\n[api]\nsocket = "{sock_path}"\n')
+                f'threads = {args.threads}\n[api]\nsocket = "{sock_path}"\n'
+                f'[cache]\npath = "{os.path.join(work, "cache.db")}"\nmin_confidence = 0.0\n')
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)
     notify.settimeout(300)
@@ -130,6 +145,24 @@ def main():
         print(f"{'prompt tok':>10} {'prompt tok/s':>13} {'decode tok/s':>13} {'TTFT ms':>9} {'total s':>8}")
         for pn, pp, tg, ttft, total in rows:
             print(f"{pn:>10.0f} {pp:>13.1f} {tg:>13.1f} {ttft:>9.0f} {total:>8.2f}")
+
+        if args.cache_runs:
+            local_ms, hit_ms = [], []
+            for run in range(args.cache_runs):
+                body = {"messages": [{"role": "user", "content": f"Question {run}: {prompt_of(24, 7 + run)}?"}],
+                        "max_tokens": 64, "temperature": 0}
+                t0 = time.perf_counter()
+                first = chat_route(sock_path, body)
+                local_ms.append((time.perf_counter() - t0) * 1000)
+                time.sleep(0.3)  # the store runs after the response
+                t0 = time.perf_counter()
+                again = chat_route(sock_path, body)
+                hit_ms.append((time.perf_counter() - t0) * 1000)
+                if first[0] != "local" or again[0] != "cache":
+                    raise SystemExit(f"expected local then cache, got {first[0]} then {again[0]}")
+            print(f"same answer (64 tokens max, {args.cache_runs} questions): local median "
+                  f"{statistics.median(local_ms):.0f} ms, cache hit median {statistics.median(hit_ms):.1f} ms "
+                  f"(max {max(hit_ms):.1f} ms), through the socket")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

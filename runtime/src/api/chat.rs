@@ -73,6 +73,20 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     // a local answer is possible and its limits. Start it now; it is cancelled if the answer
     // goes to the cloud.
     let pre = decide(&state, &inputs);
+
+    // An exact cache hit answers before anything else runs (router, generation). Requests that
+    // force a route skip the cache.
+    let forced = matches!(options.route, Some(RouteOverride::Local | RouteOverride::Cloud));
+    let use_cache = !forced && !matches!(read_mode, ReadMode::Off);
+    if let (Some(cache), Some(query), true) = (&state.cache, &query, use_cache) {
+        if let Some(hit) = cached::lookup(cache, query.clone(), ReadMode::Exact, &state.metrics).await {
+            let mut report = Report::new(&pre, None, inputs.connectivity);
+            cached::report_hit(&mut report, &hit);
+            let response = cached::respond(&hit, &report, stream, include_usage);
+            return Ok(with_route(response, &report, &state));
+        }
+    }
+
     generate.sampling.max_tokens = pre.limits.max_tokens;
     generate.threads = pre.limits.threads;
     let early = (pre.route == Route::Local && options.route != Some(RouteOverride::Cloud))
@@ -95,14 +109,12 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
         report.reasons.push("router: no score (router failed or busy)".into());
     }
 
-    // The cache answers before anything is generated (not when the request forces a route).
-    let forced = matches!(options.route, Some(RouteOverride::Local | RouteOverride::Cloud));
+    // Semantic hits (offline) need the router's embedding.
     let query = query.map(|q| match &score {
         Some(s) => q.with_embedding(s.embedding.clone()),
         None => q,
     });
-    if let (Some(cache), Some(query), false, false) =
-        (&state.cache, &query, forced, matches!(read_mode, ReadMode::Off))
+    if let (Some(cache), Some(query), true, ReadMode::Semantic) = (&state.cache, &query, use_cache, read_mode)
     {
         if let Some(hit) = cached::lookup(cache, query.clone(), read_mode, &state.metrics).await {
             drop(early);
