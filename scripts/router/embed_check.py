@@ -64,7 +64,7 @@ def main():
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-    from common import load_rows, make_session, run_batched
+    from common import load_rows, make_session
     from minilm_graph import model_dir
 
     rdir = Path(a.model).parent
@@ -83,7 +83,11 @@ def main():
                     c = c[: tr["head"]] + c[len(c) - tr["tail"]:]
                 e = [e[0]] + c + [e[-1]]
             ids.append(e)
-        return run_batched(sess, ids, ["embedding"])["embedding"], [len(x) for x in ids]
+        out = []
+        for e in ids:  # batch 1, no padding, exactly as the runtime calls it
+            x = np.array([e], np.int64)
+            out.append(sess.run(["embedding"], {"input_ids": x, "attention_mask": np.ones_like(x)})[0][0])
+        return np.stack(out), [len(x) for x in ids]
 
     st = SentenceTransformer(str(model_dir()), device="cpu")
     ref = st.encode(SENTENCES, normalize_embeddings=True, batch_size=16)

@@ -62,8 +62,14 @@ class G:
         return out
 
 
-def add_encoder(g: G, w: dict[str, np.ndarray], ids: str, mask: str):
-    """Adds the BERT encoder. Returns (list of hidden-state names [emb, l1..l6], mask_f [B,S,1])."""
+def add_encoder(g: G, w: dict[str, np.ndarray], ids: str, mask: str, smooth: dict | None = None):
+    """Adds the BERT encoder. Returns (list of hidden-state names [emb, l1..l6], mask_f [B,S,1]).
+
+    smooth: optional SmoothQuant factors {tag: s[in_features]}: the MatMul input is multiplied by
+    1/s and the weight rows by s (exact in fp32), which moves activation outliers into the weights
+    so that dynamic per-tensor int8 activation quantization loses less.  g.lin_inputs records the
+    input tensor of every linear layer (for calibration)."""
+    g.lin_inputs = {}
     f32 = np.float32
     # ---- embeddings
     g.const("word_embeddings", w["embeddings.word_embeddings.weight"].astype(f32))
@@ -101,7 +107,13 @@ def add_encoder(g: G, w: dict[str, np.ndarray], ids: str, mask: str):
     g.const("c_half", np.array(0.5, f32))
 
     def linear(inp, prefix, tag):
-        wt = g.const(f"{tag}_w", w[prefix + ".weight"].T.copy().astype(f32))
+        W = w[prefix + ".weight"].T.copy().astype(f32)  # [in, out]
+        g.lin_inputs[tag] = inp
+        if smooth is not None and tag in smooth:
+            sv = np.asarray(smooth[tag], f32)
+            inp = g.op("Mul", [inp, g.const(f"{tag}_smooth_inv", (1.0 / sv).astype(f32))])
+            W = W * sv[:, None]
+        wt = g.const(f"{tag}_w", W)
         b = g.const(f"{tag}_b", w[prefix + ".bias"].astype(f32))
         y = g.op("MatMul", [inp, wt])
         return g.op("Add", [y, b])
@@ -122,7 +134,7 @@ def add_encoder(g: G, w: dict[str, np.ndarray], ids: str, mask: str):
         c = g.op("Transpose", [c], perm=[0, 2, 1, 3])
         c = g.op("Reshape", [c, "shape_bsh"])
         o = linear(c, p + "attention.output.dense", f"l{i}_ao")
-        o = g.op("Add", [o, x])
+        o = g.op("Sum", [o, x])  # Sum, not Add: keeps ORT from fusing SkipLayerNormalization (slow on CPU in 1.31)
         g.const(f"l{i}_ln1_w", w[p + "attention.output.LayerNorm.weight"])
         g.const(f"l{i}_ln1_b", w[p + "attention.output.LayerNorm.bias"])
         x1 = g.op("LayerNormalization", [o, f"l{i}_ln1_w", f"l{i}_ln1_b"], axis=-1, epsilon=1e-12)
@@ -132,7 +144,7 @@ def add_encoder(g: G, w: dict[str, np.ndarray], ids: str, mask: str):
         e = g.op("Add", [e, "c_f1"])
         h = g.op("Mul", [g.op("Mul", [h, e]), "c_half"])
         h = linear(h, p + "output.dense", f"l{i}_ff2")
-        h = g.op("Add", [h, x1])
+        h = g.op("Sum", [h, x1])  # see above
         g.const(f"l{i}_ln2_w", w[p + "output.LayerNorm.weight"])
         g.const(f"l{i}_ln2_b", w[p + "output.LayerNorm.bias"])
         x = g.op("LayerNormalization", [h, f"l{i}_ln2_w", f"l{i}_ln2_b"], axis=-1, epsilon=1e-12)
@@ -165,11 +177,53 @@ def io_inputs():
     ]
 
 
-def build_feature_model(w) -> onnx.ModelProto:
+def build_calibration_model(w) -> tuple[onnx.ModelProto, list[str]]:
+    """fp32 graph whose outputs are the per-channel max |x| (over batch and sequence) of the input
+    of every linear layer (run with batch 1, no padding)."""
+    g = G()
+    add_encoder(g, w, "input_ids", "attention_mask")
+    tags = list(g.lin_inputs)
+    outs = []
+    for t in tags:
+        g.op("ReduceMax", [g.op("Abs", [g.lin_inputs[t]])], out=f"absmax_{t}", axes=[0, 1], keepdims=0)
+        outs.append(helper.make_tensor_value_info(f"absmax_{t}", TensorProto.FLOAT, [None]))
+    graph = helper.make_graph(g.nodes, "minilm_calib", io_inputs(), outs, g.inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    return m, tags
+
+
+def smoothquant_factors(w, id_lists, alpha: float = 0.5) -> dict:
+    """SmoothQuant s_j = max|X_j|^alpha / max|W_j|^(1-alpha) from calibration prompts."""
+    import onnxruntime as ort
+
+    m, tags = build_calibration_model(w)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    amax = {t: np.zeros(0) for t in tags}
+    for ids in id_lists:
+        x = np.array([ids], np.int64)
+        r = sess.run([f"absmax_{t}" for t in tags], {"input_ids": x, "attention_mask": np.ones_like(x)})
+        for t, v in zip(tags, r):
+            amax[t] = v if amax[t].size == 0 else np.maximum(amax[t], v)
+    pref = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+            "ao": "attention.output.dense", "ff1": "intermediate.dense", "ff2": "output.dense"}
+    out = {}
+    for t in tags:
+        layer, kind = t.split("_", 1)
+        W = w[f"encoder.layer.{layer[1:]}.{pref[kind]}.weight"]  # [out, in]
+        wmax = np.abs(W).max(0)
+        s = np.power(np.maximum(amax[t], 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1 - alpha)
+        out[t] = np.clip(s, 1e-2, 1e2).astype(np.float32)
+    return out
+
+
+def build_feature_model(w, smooth: dict | None = None) -> onnx.ModelProto:
     """fp32 graph: embedding [B,384], layer_means [B,7,384] (emb + 6 layers, un-normalized),
     cls [B,384] (last layer CLS)."""
     g = G()
-    hidden, mask_f = add_encoder(g, w, "input_ids", "attention_mask")
+    hidden, mask_f = add_encoder(g, w, "input_ids", "attention_mask", smooth)
     add_mean_pool(g, hidden[-1], mask_f, normalize=True, out="embedding")
     means = [add_mean_pool(g, h, mask_f, normalize=False) for h in hidden]
     us = [g.op("Unsqueeze", [m, "c_axes1"]) for m in means]

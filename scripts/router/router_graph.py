@@ -18,12 +18,12 @@ from minilm_graph import HIDDEN, OPSET, G, add_encoder, add_mean_pool, io_inputs
 HEAD_NODE_PREFIX = "head_"
 
 
-def build_router_model(w, head: dict) -> onnx.ModelProto:
+def build_router_model(w, head: dict, smooth: dict | None = None) -> onnx.ModelProto:
     """head: dense_layers (list of hidden-state indices besides the final embedding, 0=embeddings),
     dense_w [Dd], lex_w [VOCAB] or None, struct_tables [VOCAB,k] or None, struct_w [2k+1],
     bias, platt_a, platt_b."""
     g = G()
-    hidden, mask_f = add_encoder(g, w, "input_ids", "attention_mask")
+    hidden, mask_f = add_encoder(g, w, "input_ids", "attention_mask", smooth)
     emb = add_mean_pool(g, hidden[-1], mask_f, normalize=True, out="embedding")
 
     def hop(op_type, inputs, out=None, **attrs):

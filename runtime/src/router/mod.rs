@@ -160,3 +160,54 @@ impl Router {
 /// Scoring time below which the router is negligible next to local prefill; used in docs and
 /// the benchmark's summary.
 pub const BUDGET_128_TOKENS: Duration = Duration::from_millis(20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped router, run by this crate (Rust tokenizer + ONNX Runtime), gives what the
+    /// build script recorded in `router.json`'s `check_vectors` (Python tokenizer + ONNX
+    /// Runtime): the same token counts, complexities and embeddings.
+    #[test]
+    fn shipped_router_matches_its_recorded_check_vectors() {
+        let mut model = match RouterModel::load(&RouterConfig::default()) {
+            Ok(model) => model,
+            Err(err) => panic!("the shipped router must load (run scripts/setup.sh): {err}"),
+        };
+        let text = std::fs::read_to_string(model.dir().join("router.json")).expect("router.json");
+        let manifest: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let vectors = manifest["check_vectors"].as_array().expect("check_vectors");
+        assert!(vectors.len() >= 5);
+        for v in vectors {
+            let prompt = v["prompt"].as_str().expect("prompt");
+            let score = model.score(prompt).expect("score");
+            assert_eq!(score.tokens as u64, v["n_tokens"].as_u64().expect("n_tokens"), "{prompt}");
+            let expected = v["complexity"].as_f64().expect("complexity") as f32;
+            assert!(
+                (score.complexity - expected).abs() < 2e-3,
+                "{prompt}: {} vs {expected}",
+                score.complexity
+            );
+            let norm: f32 = score.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-3, "embedding is L2-normalized: {norm}");
+            for (got, want) in score.embedding.iter().zip(v["embedding_head8"].as_array().expect("head8")) {
+                let want = want.as_f64().expect("f64") as f32;
+                assert!((got - want).abs() < 2e-3, "{prompt}: embedding {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_prompts_are_cut_as_router_json_says() {
+        let model = RouterModel::load(&RouterConfig::default()).expect("router loads");
+        let long = "word ".repeat(2000);
+        let (ids, truncated) = model.encode(&long).expect("encode");
+        assert!(truncated);
+        match model.manifest().truncation {
+            Truncation::Head { max_tokens } => assert_eq!(ids.len(), max_tokens),
+            Truncation::HeadTail { head, tail } => assert!(ids.len() <= head + tail + 2),
+        }
+        let (short, cut) = model.encode("short").expect("encode");
+        assert!(!cut && short.len() < 8);
+    }
+}
