@@ -109,11 +109,18 @@ fn an_offline_board_serves_preloaded_answers_by_meaning_but_not_near_misses() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("line 3"), "{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"imported\":2"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"imported\":2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let model = tiny_model(21);
     let cloud = format!("[cloud]\nurl = \"{}\"\nmodel = \"m\"\n", unreachable_url());
-    let daemon = Daemon::start(&model, &format!("{}\n[model]\ncontext = 64\nbatch = 64\n{cloud}", cache_dropin(&db, "")));
+    let daemon = Daemon::start(
+        &model,
+        &format!("{}\n[model]\ncontext = 64\nbatch = 64\n{cloud}", cache_dropin(&db, "")),
+    );
     // Wait until the probe has found the cloud unreachable.
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.request("GET", "/v1/outpost/status", None).json()["cloud"]["connectivity"] != "offline" {
