@@ -30,6 +30,10 @@ threads = $(nproc)
 
 [api]
 socket = "$socket"
+
+[cache]
+path = "$demo/cache.db"
+min_confidence = 0.0   # the demo model's answers are noise, never confident: keep them anyway
 TOML
 
 "$bin" serve --config "$demo/outpost.toml" &
@@ -49,8 +53,15 @@ echo
 echo "== POST /v1/chat/completions"
 curl -s --unix-socket "$socket" http://localhost/v1/chat/completions \
   -H 'content-type: application/json' \
-  -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":24}'
+  -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":24,"temperature":0}'
 echo
+echo
+sleep 0.3   # the answer is stored just after it is sent
+echo "== the same question again (temperature 0): answered from the response cache"
+curl -s -o /dev/null -D - --unix-socket "$socket" http://localhost/v1/chat/completions \
+  -H 'content-type: application/json' \
+  -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":24,"temperature":0}' \
+  | grep -i '^x-outpost-route'
 echo
 echo "== GET /v1/outpost/status (routing signals: battery, cloud, router)"
 curl -s --unix-socket "$socket" http://localhost/v1/outpost/status; echo
