@@ -15,11 +15,7 @@ use super::AppState;
 use crate::cache::{ops, Cache};
 
 fn admin(state: &AppState, peer: &Peer, what: &'static str) -> Result<Cache, ApiError> {
-    let allowed = peer.uid.is_some_and(|uid| uid == 0 || state.admin_uids.contains(&uid));
-    if !allowed {
-        tracing::warn!(uid = ?peer.uid, pid = ?peer.pid, what, "refused admin request");
-        return Err(ApiError::Forbidden("/admin/*"));
-    }
+    super::require_admin(state, peer, what)?;
     state
         .cache
         .clone()

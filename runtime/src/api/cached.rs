@@ -2,13 +2,14 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::openai::Meta;
 use super::report::Report;
 use crate::cache::{Cache, Hit, HitKind, NewEntry, Origin, Query, ReadMode};
 use crate::metrics::{Metrics, ResultLabels};
@@ -53,43 +54,23 @@ pub fn report_hit(report: &mut Report, hit: &Hit) {
 
 /// The cached answer as a chat completion, streamed or not.
 pub fn respond(hit: &Hit, report: &Report, stream: bool, include_usage: bool) -> Response {
-    let id = format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32);
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let meta = Meta::new(hit.model.clone());
     let usage = json!({ "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0 });
     if !stream {
-        return Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": hit.model,
-            "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": hit.answer },
-                "logprobs": null,
-                "finish_reason": "stop",
-            }],
-            "usage": usage,
-            "outpost": report.json(),
-        }))
-        .into_response();
+        let mut body = meta.completion(&hit.answer, Value::Null, "stop");
+        body["usage"] = usage;
+        body["outpost"] = report.json();
+        return Json(body).into_response();
     }
-    let chunk = |delta: Value, finish: Option<&str>| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": hit.model,
-            "system_fingerprint": null,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
-        })
-    };
     let mut events = vec![
-        chunk(json!({ "role": "assistant", "content": "" }), None),
-        chunk(json!({ "content": hit.answer }), None),
+        meta.chunk(json!({ "role": "assistant", "content": "" }), None, None),
+        meta.chunk(json!({ "content": hit.answer }), None, None),
     ];
-    let mut finish = chunk(json!({}), Some("stop"));
+    let mut finish = meta.chunk(json!({}), Some("stop"), None);
     finish["outpost"] = report.json();
     events.push(finish);
     if include_usage {
-        let mut last = chunk(json!({}), None);
+        let mut last = meta.chunk(json!({}), None, None);
         last["choices"] = json!([]);
         last["usage"] = usage;
         events.push(last);

@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::cached::{self, Remember};
 use super::error::ApiError;
-use super::openai::ChatRequest;
+use super::openai::{ChatRequest, Meta};
 use super::report::{Report, ROUTE_HEADER};
 use super::{cloud, local, AppState};
 use crate::cache::{self as response_cache, Origin, Query, ReadMode};
@@ -194,8 +194,7 @@ fn refusal(decision: &Decision, overflow: Option<GenerateError>, connectivity: C
 
 fn with_route(mut response: Response, report: &Report, state: &AppState) -> Response {
     response.headers_mut().insert(ROUTE_HEADER, report.header());
-    let route = serde_json::to_value(report.route).ok().and_then(|v| v.as_str().map(str::to_owned));
-    state.metrics.routes.get_or_create(&RouteLabels { route: route.unwrap_or_default() }).inc();
+    state.metrics.routes.get_or_create(&RouteLabels { route: report.route.as_str().into() }).inc();
     response
 }
 
@@ -226,7 +225,7 @@ impl Request {
             Some(Event::Failed(err)) => return Err(err.into()),
             Some(_) | None => return Err(ApiError::ShuttingDown),
         };
-        let meta = local::Meta::new(model);
+        let meta = Meta::new(model.id.clone());
         if self.stream {
             let sse = local::stream(
                 meta,
@@ -269,12 +268,7 @@ impl Request {
         }
         local::count_answer(&self.state.metrics, &answer.done, self.price());
         if let Some(remember) = self.remember.clone() {
-            remember.keep(
-                answer.content.clone(),
-                meta.model_id().to_owned(),
-                Origin::Local,
-                confidence.score,
-            );
+            remember.keep(answer.content.clone(), meta.model.clone(), Origin::Local, confidence.score);
         }
         let body = answer.body(&meta, &report);
         Ok(with_route(Json(body).into_response(), &report, &self.state))

@@ -3,49 +3,17 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::error::ApiError;
-use super::openai;
+use super::openai::{self, Meta};
 use super::report::Report;
 use crate::cascade;
-use crate::engine::{Completion, Event, FinishReason, ModelInfo, TokenLogprob};
+use crate::engine::{Completion, Event, FinishReason, TokenLogprob};
 use crate::metrics::Metrics;
-
-/// Identifies one completion in its response or chunks.
-pub struct Meta {
-    id: String,
-    created: u64,
-    model: Arc<ModelInfo>,
-}
-
-impl Meta {
-    /// A new completion id for the model's answer.
-    pub fn new(model: Arc<ModelInfo>) -> Self {
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        Self { id: format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32), created, model }
-    }
-
-    /// The model's id.
-    pub fn model_id(&self) -> &str {
-        &self.model.id
-    }
-
-    fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Option<Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model.id,
-            "system_fingerprint": null,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
-        })
-    }
-}
 
 /// A whole local answer.
 pub struct Answer {
@@ -65,22 +33,13 @@ impl Answer {
 
     /// The OpenAI response body, with the `outpost` report.
     pub fn body(&self, meta: &Meta, report: &Report) -> Value {
-        json!({
-            "id": meta.id,
-            "object": "chat.completion",
-            "created": meta.created,
-            "model": meta.model.id,
-            "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": self.content },
-                "logprobs": self.logprobs.as_deref().map_or(Value::Null, openai::logprobs),
-                "finish_reason": openai::finish_reason(self.done.finish_reason),
-            }],
-            "usage": openai::usage(&self.done),
-            "timings": openai::timings(&self.done),
-            "outpost": report.json(),
-        })
+        let logprobs = self.logprobs.as_deref().map_or(Value::Null, openai::logprobs);
+        let mut body =
+            meta.completion(&self.content, logprobs, openai::finish_reason(self.done.finish_reason));
+        body["usage"] = openai::usage(&self.done);
+        body["timings"] = openai::timings(&self.done);
+        body["outpost"] = report.json();
+        body
     }
 }
 
@@ -166,7 +125,7 @@ pub fn stream(
                     report.checks = confidence.checks.clone();
                     count_answer(&metrics, &done, cloud_price_per_1k);
                     if let Some(remember) = remember.clone() {
-                        let model = meta.model.id.clone();
+                        let model = meta.model.clone();
                         remember.keep(content.clone(), model, crate::cache::Origin::Local, confidence.score);
                     }
                     let reason = openai::finish_reason(done.finish_reason);

@@ -139,17 +139,22 @@ async fn reload(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let allowed = peer.uid.is_some_and(|uid| uid == 0 || state.admin_uids.contains(&uid));
-    if !allowed {
-        tracing::warn!(uid = ?peer.uid, pid = ?peer.pid, "refused /admin/reload");
-        return Err(ApiError::Forbidden("/admin/*"));
-    }
+    require_admin(&state, &peer, "reload")?;
     tracing::info!(uid = ?peer.uid, "reload requested");
     let info = state.engine.load().await.map_err(|err| {
         tracing::error!(%err, "reload failed; keeping the current model");
         ApiError::ReloadFailed(err)
     })?;
     Ok(Json(json!({ "status": "reloaded", "model": *info })))
+}
+
+/// `/admin/*` is for root and `api.admin_uids` (from the socket's peer credentials).
+fn require_admin(state: &AppState, peer: &Peer, what: &'static str) -> Result<(), ApiError> {
+    if peer.uid.is_some_and(|uid| uid == 0 || state.admin_uids.contains(&uid)) {
+        return Ok(());
+    }
+    tracing::warn!(uid = ?peer.uid, pid = ?peer.pid, what, "refused admin request");
+    Err(ApiError::Forbidden("/admin/*"))
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -232,6 +232,54 @@ impl ChatRequest {
     }
 }
 
+/// Identifies one completion in its response or chunks, and builds their shapes.
+pub struct Meta {
+    id: String,
+    created: u64,
+    /// The model named in the response.
+    pub model: String,
+}
+
+impl Meta {
+    /// A new completion id for an answer by `model`.
+    pub fn new(model: String) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self { id: format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32), created, model }
+    }
+
+    /// A `chat.completion` with one choice (callers add `usage` and the rest).
+    pub fn completion(&self, content: &str, logprobs: Value, finish: &str) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": content },
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }],
+        })
+    }
+
+    /// A `chat.completion.chunk` with one choice.
+    pub fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Option<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
+        })
+    }
+}
+
 /// The OpenAI `finish_reason` string.
 pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {

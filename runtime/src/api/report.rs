@@ -81,12 +81,7 @@ impl Report {
 
     /// The header value for the route.
     pub fn header(&self) -> HeaderValue {
-        HeaderValue::from_static(match self.route {
-            Route::Local => "local",
-            Route::Cloud => "cloud",
-            Route::Cache => "cache",
-            Route::Refuse => "refuse",
-        })
+        HeaderValue::from_static(self.route.as_str())
     }
 
     /// The object as JSON.

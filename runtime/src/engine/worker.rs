@@ -354,18 +354,23 @@ fn sampler_for(sampling: &super::Sampling) -> LlamaSampler {
 /// The chosen token's log-probability under the raw distribution (one pass over the logits:
 /// about 0.2 ms for a 150k vocabulary, next to tens of ms per decoded token).
 fn chosen_logprob(logits: &[f32], chosen: LlamaToken) -> f32 {
+    logit_of(logits, chosen) - log_z(logits)
+}
+
+/// log Σ exp(logits), computed stably.
+fn log_z(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    let chosen_logit =
-        usize::try_from(chosen.0).ok().and_then(|i| logits.get(i)).copied().unwrap_or(f32::NEG_INFINITY);
-    chosen_logit - (max + sum.ln())
+    max + sum.ln()
+}
+
+fn logit_of(logits: &[f32], token: LlamaToken) -> f32 {
+    usize::try_from(token.0).ok().and_then(|i| logits.get(i)).copied().unwrap_or(f32::NEG_INFINITY)
 }
 
 /// The chosen token's log-probability under the raw distribution and the `n` most likely tokens.
 fn logprob_of(logits: &[f32], chosen: LlamaToken, n: u8, model: &LlamaModel) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    let log_z = max + sum.ln();
+    let log_z = log_z(logits);
     let mut top: Vec<(f32, usize)> = Vec::with_capacity(usize::from(n) + 1);
     if n > 0 {
         for (i, &l) in logits.iter().enumerate() {
@@ -378,8 +383,7 @@ fn logprob_of(logits: &[f32], chosen: LlamaToken, n: u8, model: &LlamaModel) -> 
     }
     let vocab = model.vocab();
     let piece = |t: LlamaToken| vocab.token_to_piece(t, true, None);
-    let chosen_logit =
-        usize::try_from(chosen.0).ok().and_then(|i| logits.get(i)).copied().unwrap_or(f32::NEG_INFINITY);
+    let chosen_logit = logit_of(logits, chosen);
     let bytes = piece(chosen);
     TokenLogprob {
         token: String::from_utf8_lossy(&bytes).into_owned(),

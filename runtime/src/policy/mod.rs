@@ -178,6 +178,18 @@ pub enum Route {
     Refuse,
 }
 
+impl Route {
+    /// The route's name, as in the `x-outpost-route` header and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Cloud => "cloud",
+            Self::Cache => "cache",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
 /// A per-request route override (`"outpost": {"route": ...}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
