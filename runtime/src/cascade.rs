@@ -23,6 +23,12 @@
 //! | `refusal` | the answer opens with a refusal ("I cannot", "I'm sorry", "As an AI", ...) | [`REFUSAL_CAP`] |
 //! | `repetition` | the answer loops: most of its word 4-grams repeat, or it ends in a repeated stretch | [`REPETITION_CAP`] |
 
+//!
+//! [`decide`] then says whether a local answer is kept or cascaded to the cloud: only a
+//! non-streamed answer below `policy.min_confidence`, when the policy allowed a cascade for this
+//! request and the cloud may be called (online or not yet known to be offline).
+
+use crate::cloud::Connectivity;
 use crate::engine::FinishReason;
 
 /// Tokens in the sliding window of `worst_window`.
@@ -56,6 +62,38 @@ impl Confidence {
     /// The answer is confident enough to keep.
     pub fn passes(&self, min_confidence: f32) -> bool {
         self.score >= min_confidence
+    }
+}
+
+/// What becomes of a local answer once its confidence is known.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Keep the local answer.
+    Keep,
+    /// Ask the cloud instead; the reason goes into the report.
+    Cascade {
+        /// Why, for the `outpost` report's reasons.
+        reason: String,
+    },
+}
+
+/// Decides whether a local answer with `confidence` is kept or cascaded: cascaded when it does
+/// not pass `min_confidence`, the policy allowed a cascade for this request (`allowed`), and the
+/// cloud may be called.
+pub fn decide(
+    confidence: &Confidence,
+    min_confidence: f32,
+    allowed: bool,
+    connectivity: Connectivity,
+) -> Verdict {
+    if confidence.passes(min_confidence) || !allowed || !connectivity.may_call() {
+        return Verdict::Keep;
+    }
+    Verdict::Cascade {
+        reason: format!(
+            "cascade: local confidence {:.2} < min_confidence {min_confidence:.2}",
+            confidence.score
+        ),
     }
 }
 
@@ -193,6 +231,22 @@ mod tests {
 
     fn steady(n: usize, lp: f32) -> Vec<f32> {
         vec![lp; n]
+    }
+
+    #[test]
+    fn only_unsure_answers_cascade_and_only_when_allowed_and_reachable() {
+        let sure = confidence(&steady(30, -0.05), ANSWER, FinishReason::Stop);
+        let unsure = confidence(&steady(30, -3.0), ANSWER, FinishReason::Stop);
+        assert_eq!(decide(&sure, 0.5, true, Connectivity::Online), Verdict::Keep);
+        let Verdict::Cascade { reason } = decide(&unsure, 0.5, true, Connectivity::Online) else {
+            panic!("an unsure answer cascades");
+        };
+        assert!(reason.contains("< min_confidence 0.50"), "{reason}");
+        assert!(matches!(decide(&unsure, 0.5, true, Connectivity::Unknown), Verdict::Cascade { .. }));
+        assert_eq!(decide(&unsure, 0.5, false, Connectivity::Online), Verdict::Keep, "policy said no");
+        assert_eq!(decide(&unsure, 0.5, true, Connectivity::Offline), Verdict::Keep, "offline");
+        assert_eq!(decide(&unsure, 0.5, true, Connectivity::NotConfigured), Verdict::Keep, "no cloud");
+        assert_eq!(decide(&unsure, 0.0, true, Connectivity::Online), Verdict::Keep, "threshold 0");
     }
 
     #[test]

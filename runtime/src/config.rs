@@ -7,7 +7,6 @@
 //! [`Config`] and validated. Every error names the file that set the offending key, the key, and
 //! the reason.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,7 +38,23 @@ pub struct Config {
     pub cloud: crate::cloud::CloudConfig,
     /// The offline response cache.
     pub cache: crate::cache::CacheConfig,
+    /// Fleet control over MQTT (`docs/fleet.md`); no section, no fleet control.
+    pub mqtt: Option<outpost_common::mqtt::MqttConfig>,
+    /// `[mqtt]` checked (set by validation).
+    #[serde(skip)]
+    pub fleet: Option<outpost_common::mqtt::MqttSettings>,
+    /// The base file this configuration was loaded from and whether it was given explicitly
+    /// (for `config.set`, which writes a drop-in beside it).
+    #[serde(skip)]
+    pub loaded_from: Option<(PathBuf, bool)>,
 }
+
+/// Where the runtime keeps fleet state (seen job ids, the telemetry buffer) unless
+/// `mqtt.state_dir` says otherwise: beside the cache, in systemd's `StateDirectory=`.
+pub const DEFAULT_FLEET_STATE_DIR: &str = "/var/lib/outpost/fleet";
+
+/// The drop-in `config.set` writes.
+pub const FLEET_DROP_IN: &str = "50-fleet.toml";
 
 /// `[model]`: the GGUF file and llama.cpp's runtime parameters.
 #[derive(Clone, Debug, Deserialize)]
@@ -155,103 +170,48 @@ impl Default for GenerationConfig {
     }
 }
 
-/// A configuration that could not be loaded: which file, which key, why.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A file is not valid TOML.
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
-    },
-    /// A key has a value of the wrong type, is unknown, or is out of range.
-    #[error("config file {path}: key `{key}`: {reason}")]
-    Key {
-        /// The file that set the key (the base file for keys no file set).
-        path: PathBuf,
-        /// The dotted key, e.g. `model.context`.
-        key: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
-
-/// The files a configuration was merged from, remembering which file set each key.
-struct Merged {
-    value: toml::Table,
-    /// Dotted key → the file that set it last.
-    origin: BTreeMap<String, PathBuf>,
-    base: PathBuf,
-}
-
-impl Merged {
-    fn file_for(&self, key: &str) -> PathBuf {
-        // The longest recorded key that is `key` or a prefix of it at a dot boundary.
-        let mut probe = key.to_owned();
-        loop {
-            if let Some(path) = self.origin.get(&probe) {
-                return path.clone();
-            }
-            match probe.rfind('.') {
-                Some(i) => probe.truncate(i),
-                None => return self.base.clone(),
-            }
-        }
-    }
-
-    fn key_error(&self, key: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Key { path: self.file_for(key), key: key.to_owned(), reason: reason.into() }
-    }
-}
+pub use outpost_common::config::{ConfigError, EXIT_CONFIG};
+use outpost_common::config::{Merged, Sources};
 
 impl Config {
     /// Loads the base file (which must exist when `explicit`, else may be absent) and the
     /// drop-ins in `config.d/` beside it, then validates the result.
     pub fn load(base: &Path, explicit: bool) -> Result<Self, ConfigError> {
-        let mut files = Vec::new();
-        if explicit || base.exists() {
-            files.push(base.to_path_buf());
-        }
-        let drop_in_dir = base.parent().unwrap_or_else(|| Path::new(".")).join(DROP_IN_DIR);
-        files.extend(drop_ins(&drop_in_dir)?);
-        let merged = merge_files(base, &files)?;
-        Self::from_merged(&merged)
+        let mut config = Self::from_merged(&Merged::load(&Self::sources(base, explicit))?)?;
+        config.loaded_from = Some((base.to_path_buf(), explicit));
+        Ok(config)
+    }
+
+    /// Where the configuration's files are for the base file `base`.
+    pub fn sources(base: &Path, explicit: bool) -> Sources {
+        Sources::new(base, explicit, DROP_IN_DIR)
+    }
+
+    /// The configuration as it would be with `text` written as the drop-in `candidate` (in
+    /// `config.d/`): validated exactly as that drop-in would be at the next start.
+    pub fn load_with_candidate(
+        base: &Path,
+        explicit: bool,
+        candidate: &Path,
+        text: &str,
+    ) -> Result<Self, ConfigError> {
+        Self::from_merged(&Merged::load_with(&Self::sources(base, explicit), Some((candidate, text)))?)
     }
 
     /// Parses and validates one TOML text, as if it were the whole configuration in `path`.
     pub fn from_toml_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let table = parse(path, text)?;
-        let mut merged =
-            Merged { value: toml::Table::new(), origin: BTreeMap::new(), base: path.to_path_buf() };
-        merge_into(&mut merged.value, table, "", path, &mut merged.origin);
-        Self::from_merged(&merged)
+        Self::from_merged(&Merged::from_str(path, text)?)
     }
 
     fn from_merged(merged: &Merged) -> Result<Self, ConfigError> {
-        let value = toml::Value::Table(merged.value.clone());
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            let message = inner.message().trim().to_owned();
-            // For an unknown field, name the field itself rather than its table.
-            let key = match unknown_field(&message) {
-                Some(field) if path == "." || path.is_empty() => field,
-                Some(field) if path.rsplit('.').next() != Some(field.as_str()) => format!("{path}.{field}"),
-                _ => path,
-            };
-            merged.key_error(&key, message)
-        })?;
+        let mut config: Config = merged.deserialize()?;
         config.validate(merged)?;
+        if let Some(mqtt) = &config.mqtt {
+            let settings = mqtt
+                .check(Path::new(DEFAULT_FLEET_STATE_DIR))
+                .map_err(|(key, reason)| merged.key_error(&format!("mqtt.{key}"), reason))?;
+            config.fleet = Some(settings);
+        }
         Ok(config)
     }
 
@@ -286,6 +246,19 @@ impl Config {
                 merged.key_error("api.socket", "is longer than the 107 bytes a Unix socket path may have")
             );
         }
+        if let Some(group) = &a.group {
+            match nix::unistd::Group::from_name(group) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(merged.key_error("api.group", format!("group `{group}` does not exist")))
+                }
+                Err(err) => {
+                    return Err(
+                        merged.key_error("api.group", format!("cannot look up group `{group}`: {err}"))
+                    )
+                }
+            }
+        }
         if a.queue == 0 || a.queue > 4096 {
             return Err(
                 merged.key_error("api.queue", format!("must be between 1 and 4096 (got {})", a.queue))
@@ -310,71 +283,6 @@ impl Config {
         section("cloud", self.cloud.validate())?;
         section("cache", self.cache.validate())?;
         Ok(())
-    }
-}
-
-/// serde's message for an unknown field starts "unknown field `name`".
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split('`').next().map(str::to_owned)
-}
-
-/// The `*.toml` files in a drop-in directory, sorted by name; none if it does not exist.
-fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(ConfigError::Read { path: dir.to_path_buf(), source }),
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| ConfigError::Read { path: dir.to_path_buf(), source })?;
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-fn parse(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>().map_err(|err| ConfigError::Syntax {
-        path: path.to_path_buf(),
-        message: err.to_string().trim().replace('\n', " "),
-    })
-}
-
-fn merge_files(base: &Path, files: &[PathBuf]) -> Result<Merged, ConfigError> {
-    let mut merged = Merged { value: toml::Table::new(), origin: BTreeMap::new(), base: base.to_path_buf() };
-    for file in files {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| ConfigError::Read { path: file.clone(), source })?;
-        let table = parse(file, &text)?;
-        merge_into(&mut merged.value, table, "", file, &mut merged.origin);
-    }
-    Ok(merged)
-}
-
-/// Merges `from` into `into`: tables merge recursively, any other value replaces.
-fn merge_into(
-    into: &mut toml::Table,
-    from: toml::Table,
-    prefix: &str,
-    file: &Path,
-    origin: &mut BTreeMap<String, PathBuf>,
-) {
-    for (key, value) in from {
-        let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-        match (into.get_mut(&key), value) {
-            (Some(toml::Value::Table(existing)), toml::Value::Table(table)) => {
-                merge_into(existing, table, &dotted, file, origin);
-            }
-            (_, value) => {
-                origin.insert(dotted, file.to_path_buf());
-                into.insert(key, value);
-            }
-        }
     }
 }
 
@@ -434,6 +342,17 @@ mod tests {
         assert!(err.to_string().contains("key `model.flash_attention`"), "{err}");
         let err = Config::from_toml_str(p, "[api]\nshutdown_timeout = \"soon\"\n").expect_err("dur");
         assert!(err.to_string().contains("api.shutdown_timeout"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_socket_group_is_a_config_error() {
+        let p = Path::new("/etc/outpost/outpost.toml");
+        let err = Config::from_toml_str(p, "[api]\ngroup = \"no-such-group-xyz\"\n").expect_err("group");
+        assert!(
+            err.to_string().contains("key `api.group`: group `no-such-group-xyz` does not exist"),
+            "{err}"
+        );
+        Config::from_toml_str(p, "[api]\ngroup = \"root\"\n").expect("root exists");
     }
 
     #[test]

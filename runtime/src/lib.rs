@@ -6,14 +6,16 @@
 //! - [`api`]: the OpenAI-compatible HTTP API on the Unix socket.
 //! - [`serve`]: the supervised daemon (systemd notify, watchdog, shutdown).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`owner`]: owner threads (llama.cpp, ONNX Runtime, SQLite) joined at shutdown.
 //! - [`client`]: a client of the socket, for `outpost ask`.
 //! - [`router`]: the ONNX prompt router (complexity and embedding) on an owner thread.
 //! - [`route`]: `outpost route`, routing decisions without serving.
-//! - [`signals`]: the device signals routing depends on; [`power`] reads the battery.
+//! - [`power`]: the battery signal and power modes; [`cloud`] says whether the cloud is reachable.
 //! - [`policy`]: the pure routing decision.
 //! - [`cloud`]: the cloud LLM client, its circuit breaker and probe.
 //! - [`cascade`]: confidence of local answers.
 //! - [`cache`]: the offline response cache in SQLite (exact and semantic hits).
+//! - [`fleet`]: the MQTT agent: fleet commands, status and telemetry.
 //! - [`synth`]: synthetic GGUF models (random weights, real architecture and tokenizer) for tests
 //!   and board qualification.
 
@@ -24,11 +26,12 @@ pub mod client;
 pub mod cloud;
 pub mod config;
 pub mod engine;
+pub mod fleet;
 pub mod metrics;
+pub mod owner;
 pub mod policy;
 pub mod power;
 pub mod route;
 pub mod router;
 pub mod serve;
-pub mod signals;
 pub mod synth;

@@ -11,14 +11,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use outpost::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use outpost::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
 use outpost::synth::{Preset, Quant, SynthOptions};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Exit code for an invalid configuration (sysexits' EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
 /// Exit code for any other failure.
 const EXIT_FAILURE: u8 = 1;
 

@@ -111,13 +111,30 @@ pub struct Metrics {
     /// Cache stores by outcome (`stored`, `below_confidence`, `private`, `empty`, `too_large`,
     /// `error`).
     pub cache_stores: Family<ResultLabels, Counter>,
+    /// Chat completion latencies (to the response head) since telemetry last took them.
+    latencies: std::sync::Mutex<Vec<f64>>,
 }
 
 impl Metrics {
+    /// Records a chat completion's latency (kept for telemetry; the newest 10,000 at most).
+    pub fn record_latency(&self, seconds: f64) {
+        let mut v = self.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if v.len() >= 10_000 {
+            v.remove(0);
+        }
+        v.push(seconds * 1000.0);
+    }
+
+    /// The latencies (milliseconds) recorded since the last call.
+    pub fn take_latencies(&self) -> Vec<f64> {
+        std::mem::take(&mut *self.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("outpost");
         let m = Self {
+            latencies: std::sync::Mutex::new(Vec::new()),
             requests: Family::default(),
             errors: Family::default(),
             prompt_tokens: Counter::default(),
@@ -211,8 +228,8 @@ impl Metrics {
     }
 
     /// Sets the connectivity gauges.
-    pub fn set_connectivity(&self, state: crate::signals::Connectivity) {
-        use crate::signals::Connectivity as C;
+    pub fn set_connectivity(&self, state: crate::cloud::Connectivity) {
+        use crate::cloud::Connectivity as C;
         for (c, name) in [
             (C::Online, "online"),
             (C::Offline, "offline"),
@@ -224,10 +241,10 @@ impl Metrics {
     }
 
     /// Sets the power gauges.
-    pub fn set_power(&self, state: &crate::signals::PowerState, mode: crate::signals::PowerMode) {
-        use crate::signals::PowerMode as M;
+    pub fn set_power(&self, state: &crate::power::PowerState, mode: crate::power::PowerMode) {
+        use crate::power::PowerMode as M;
         self.battery_level.set(state.level.map_or(-1, i64::from));
-        self.on_battery.set(i64::from(state.source == crate::signals::PowerSource::Battery));
+        self.on_battery.set(i64::from(state.source == crate::power::PowerSource::Battery));
         for (m, name) in [(M::High, "high"), (M::Balanced, "balanced"), (M::Low, "low")] {
             self.power_mode.get_or_create(&StateLabels { state: name.into() }).set(i64::from(m == mode));
         }

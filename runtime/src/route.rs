@@ -10,10 +10,11 @@ use std::io::{BufRead, Write};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cloud::Connectivity;
 use crate::config::Config;
 use crate::policy::{self, Inputs, RequestOptions};
+use crate::power::PowerState;
 use crate::router::{RouterError, RouterModel};
-use crate::signals::{Connectivity, PowerState};
 
 /// One output line.
 #[derive(Debug, Serialize)]

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sd_notify::NotifyState;
+use outpost_common::notify;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, socket, AppState};
 use crate::config::Config;
@@ -21,6 +22,9 @@ use crate::metrics::Metrics;
 
 /// How long cancelled generations get to wind down after the shutdown deadline.
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
+/// How long background work (cache writes, the power monitor, the probe, the watchdog) and the
+/// owner threads get to finish once the requests are done.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,9 @@ pub enum ServeError {
     /// The cloud client could not be set up (its key or CA file).
     #[error("cannot set up the cloud client: {0}")]
     Cloud(#[from] crate::cloud::CloudError),
+    /// The fleet agent could not be set up (its TLS files, password or state directory).
+    #[error("cannot set up fleet control: {0}")]
+    Fleet(#[from] outpost_common::mqtt::MqttError),
     /// The engine thread or a signal handler could not start.
     #[error("cannot start {what}: {source}")]
     Start {
@@ -44,15 +51,8 @@ pub enum ServeError {
     },
 }
 
-/// Sends a notification to systemd when running under it (no-op otherwise).
-fn notify(states: &[NotifyState<'_>]) {
-    if let Err(err) = sd_notify::notify(false, states) {
-        tracing::debug!(%err, "sd_notify failed");
-    }
-}
-
 fn status(text: &str) {
-    notify(&[NotifyState::Status(text)]);
+    notify::status(text);
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -69,9 +69,11 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Start { what: "engine thread", source })?;
 
     let shutdown = CancellationToken::new();
+    // Every background task; awaited (with DRAIN) after the server stops.
+    let tasks = TaskTracker::new();
     let cloud = crate::cloud::Cloud::new(&config.cloud, metrics.clone())?;
     metrics.set_connectivity(cloud.connectivity());
-    let power = crate::power::spawn_monitor(config.power.clone(), metrics.clone(), shutdown.clone());
+    let power = crate::power::spawn_monitor(config.power.clone(), metrics.clone(), shutdown.clone(), &tasks);
     let (router, router_error) = if config.router.enabled {
         status("loading the router");
         let router_config = config.router.clone();
@@ -136,8 +138,19 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         cloud: cloud.clone(),
         power,
         cache,
+        tasks: tasks.clone(),
     };
-    let probe = cloud.is_configured().then(|| cloud.spawn_probe(shutdown.clone()));
+    let mut threads = vec![engine.thread()];
+    threads.extend(state.router.as_ref().map(crate::router::Router::thread));
+    threads.extend(state.cache.as_ref().map(crate::cache::Cache::thread));
+    if cloud.is_configured() {
+        let probe = cloud.spawn_probe(shutdown.clone());
+        tasks.spawn(async move {
+            let _ = probe.await;
+        });
+    }
+    // Fleet control: never waits for the broker; an unreachable one only shows in the status.
+    let fleet = crate::fleet::start(&state, &tasks, shutdown.clone())?;
     let app = api::router(state).into_make_service_with_connect_info::<socket::Peer>();
     let stop_accepting = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -160,7 +173,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             return Err(err.into());
         }
         None => {
-            notify(&[NotifyState::Stopping]);
+            notify::stopping("stopping");
             shutdown.cancel();
             let _ = std::fs::remove_file(&socket_path);
             return Ok(());
@@ -174,15 +187,15 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         info.context,
         socket_path.display()
     );
-    notify(&[NotifyState::Ready, NotifyState::Status(&serving)]);
+    notify::ready(&serving);
 
-    let watchdog = spawn_watchdog(engine.clone(), shutdown.clone());
+    spawn_watchdog(&tasks, engine.clone(), shutdown.clone());
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
         _ = sigint.recv() => tracing::info!("SIGINT: stopping"),
     }
-    notify(&[NotifyState::Stopping, NotifyState::Status("stopping: finishing in-flight requests")]);
+    notify::stopping("stopping: finishing in-flight requests");
     shutdown.cancel();
     let deadline = config.api.shutdown_timeout;
     let mut server = server;
@@ -193,11 +206,18 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             server.abort();
         }
     }
-    if let Some(task) = watchdog {
-        task.abort();
+    // The requests are done: wait for the background work they left (cache writes) and the
+    // tasks that watch the shutdown token, then let the owner threads finish what they were
+    // given and join them.
+    tasks.close();
+    if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
+        tracing::warn!(left = tasks.len(), "background tasks outlived the drain deadline");
     }
-    if let Some(task) = probe {
-        task.abort();
+    drop(engine);
+    drop(cloud);
+    drop(fleet);
+    for thread in threads {
+        thread.join(DRAIN).await;
     }
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("stopped");
@@ -206,14 +226,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
 
 /// Pings systemd's watchdog at half its period, but only while the engine thread shows
 /// progress: a stuck llama.cpp stops the pings and systemd restarts the daemon.
-fn spawn_watchdog(engine: Engine, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return None;
-    }
-    let period = Duration::from_micros(usec);
+fn spawn_watchdog(tasks: &TaskTracker, engine: Engine, shutdown: CancellationToken) {
+    let Some(period) = notify::watchdog_period() else { return };
     tracing::info!(?period, "systemd watchdog enabled");
-    Some(tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(period / 2);
         let mut was_stuck = false;
         loop {
@@ -223,7 +239,7 @@ fn spawn_watchdog(engine: Engine, shutdown: CancellationToken) -> Option<tokio::
             }
             let age = engine.heartbeat_age();
             if age < period {
-                notify(&[NotifyState::Watchdog]);
+                notify::watchdog();
                 was_stuck = false;
             } else if !was_stuck {
                 was_stuck = true;
@@ -231,5 +247,5 @@ fn spawn_watchdog(engine: Engine, shutdown: CancellationToken) -> Option<tokio::
                 status(&format!("engine stuck for {}s", age.as_secs()));
             }
         }
-    }))
+    });
 }

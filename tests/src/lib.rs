@@ -4,6 +4,7 @@
 
 pub mod fake_cloud;
 pub mod http;
+pub mod mqtt;
 
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
@@ -285,13 +286,13 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Runs `outpost-updater` with `args`, optionally crashing it at a named step
-/// (`OUTPOST_UPDATER_CRASH_AT`), and returns its output.
+/// (the failpoint `updater-crash-at-<step>`, test builds), and returns its output.
 pub fn updater_output(args: &[&str], crash_at: Option<&str>) -> std::process::Output {
     let mut cmd = Command::new(bin_dir().join("outpost-updater"));
     cmd.args(args);
     match crash_at {
-        Some(point) => cmd.env("OUTPOST_UPDATER_CRASH_AT", point),
-        None => cmd.env_remove("OUTPOST_UPDATER_CRASH_AT"),
+        Some(point) => cmd.env("OUTPOST_FAILPOINT", format!("updater-crash-at-{point}")),
+        None => cmd.env_remove("OUTPOST_FAILPOINT"),
     };
     cmd.output().unwrap()
 }

@@ -203,7 +203,7 @@ fn official_openai_python_client_chats_and_streams() {
 fn watchdog_pings_come_from_the_engine_and_stop_when_it_is_stuck() {
     let model = tiny_model(1);
     let daemon =
-        Daemon::spawn(&model, "", &[("WATCHDOG_USEC", "400000"), ("OUTPOST_TEST_FAILPOINT", "engine-stall")]);
+        Daemon::spawn(&model, "", &[("WATCHDOG_USEC", "400000"), ("OUTPOST_FAILPOINT", "engine-stall")]);
     daemon.wait_ready();
     let pings = |d: &Daemon| d.notifications.lines().iter().filter(|l| *l == "WATCHDOG=1").count();
     std::thread::sleep(Duration::from_millis(1000));

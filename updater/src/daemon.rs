@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{SigSet, Signal};
+use outpost_common::notify;
 use rand::Rng;
-use sd_notify::NotifyState;
 
 use crate::config::{ConfigError, Settings};
 use crate::fetch::{self, Progress};
@@ -62,7 +62,7 @@ impl Handle {
     /// Asks the daemon to stop: work in progress is abandoned where that is safe.
     pub fn stop(&self) {
         if !self.stop.swap(true, Ordering::SeqCst) {
-            let _ = sd_notify::notify(false, &[NotifyState::Stopping, NotifyState::Status("stopping")]);
+            notify::stopping("stopping");
         }
         let _ = self.tx.try_send(Trigger::Stop);
     }
@@ -81,32 +81,25 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
 }
 
-/// systemd notifications (no-ops without `NOTIFY_SOCKET`).
+/// systemd notifications (no-ops without `NOTIFY_SOCKET`), with the watchdog ping interval.
 #[derive(Clone, Copy, Debug)]
 struct Notifier {
+    /// Half the watchdog period, if the watchdog is on.
     watchdog: Option<Duration>,
 }
 
 impl Notifier {
     fn new() -> Self {
-        let mut usec = 0;
-        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2));
-        Self { watchdog }
-    }
-
-    fn send(&self, states: &[NotifyState<'_>]) {
-        if let Err(err) = sd_notify::notify(false, states) {
-            tracing::debug!(%err, "cannot notify systemd");
-        }
+        Self { watchdog: notify::watchdog_period().map(|p| p / 2) }
     }
 
     fn status(&self, text: &str) {
-        self.send(&[NotifyState::Status(text)]);
+        notify::status(text);
     }
 
     fn feed(&self) {
         if self.watchdog.is_some() {
-            self.send(&[NotifyState::Watchdog]);
+            notify::watchdog();
         }
     }
 }
@@ -115,7 +108,8 @@ impl Notifier {
 #[derive(Debug)]
 pub struct Daemon {
     settings: Settings,
-    source: Source,
+    /// The manifest checked periodically; none when only the fleet drives updates.
+    source: Option<Source>,
     rx: Receiver<Trigger>,
     handle: Handle,
 }
@@ -123,7 +117,12 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon for `settings`, which must set `manifest_url`.
     pub fn new(settings: Settings) -> Result<Self, ConfigError> {
-        let source = Source::Url(settings.manifest_url()?.to_owned());
+        // Without `[mqtt]` the periodic check is the daemon's only job: it needs a manifest.
+        let source = match (&settings.updater.manifest_url, &settings.mqtt) {
+            (Some(url), _) => Some(Source::Url(url.clone())),
+            (None, Some(_)) => None,
+            (None, None) => Some(Source::Url(settings.manifest_url()?.to_owned())),
+        };
         let (tx, rx) = mpsc::sync_channel(1);
         Ok(Self { settings, source, rx, handle: Handle { tx, stop: Arc::new(AtomicBool::new(false)) } })
     }
@@ -168,17 +167,24 @@ impl Daemon {
     /// Checks now, then every `check_interval`, until stopped. Failures are logged and retried;
     /// nothing but a stop ends the loop.
     pub fn run(self) {
-        let notify = Notifier::new();
+        let notifier = Notifier::new();
         let interval = self.settings.updater.check_interval;
-        tracing::info!(manifest = %self.source, ?interval, "update daemon started");
-        notify.send(&[NotifyState::Ready, NotifyState::Status("started")]);
+        let Some(source) = &self.source else {
+            tracing::info!("update daemon started; no manifest_url: updates come from the fleet only");
+            notify::ready("started; updates come from the fleet");
+            while self.wait_until(Instant::now() + Duration::from_secs(3600), &notifier) {}
+            tracing::info!("update daemon stopped");
+            return;
+        };
+        tracing::info!(manifest = %source, ?interval, "update daemon started");
+        notify::ready("started");
         let mut failures = 0u32;
         let mut next = Instant::now();
         loop {
-            if !self.wait_until(next, &notify) {
+            if !self.wait_until(next, &notifier) {
                 break;
             }
-            let result = self.check(&notify);
+            let result = self.check(source, &notifier);
             let (wait, summary) = match &result {
                 Ok(outcome) => {
                     failures = 0;
@@ -211,13 +217,13 @@ impl Daemon {
                 break;
             }
             next = Instant::now() + wait;
-            notify.status(&format!("{summary}; next check in {}", humantime::format_duration(round(wait))));
+            notifier.status(&format!("{summary}; next check in {}", humantime::format_duration(round(wait))));
         }
         tracing::info!("update daemon stopped");
     }
 
     /// Waits for `deadline`, a check trigger (true) or a stop (false), feeding the watchdog.
-    fn wait_until(&self, deadline: Instant, notify: &Notifier) -> bool {
+    fn wait_until(&self, deadline: Instant, notifier: &Notifier) -> bool {
         loop {
             if self.handle.stopping() {
                 return false;
@@ -226,28 +232,28 @@ impl Daemon {
             if left.is_zero() {
                 return true;
             }
-            let slice = notify.watchdog.map_or(left, |w| left.min(w));
+            let slice = notifier.watchdog.map_or(left, |w| left.min(w));
             match self.rx.recv_timeout(slice) {
                 Ok(Trigger::Check) => return !self.handle.stopping(),
                 Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
-                Err(RecvTimeoutError::Timeout) => notify.feed(),
+                Err(RecvTimeoutError::Timeout) => notifier.feed(),
             }
         }
     }
 
-    fn check(&self, notify: &Notifier) -> Result<Outcome, UpdateError> {
-        notify.status(&format!("checking {}", self.source));
-        notify.feed();
+    fn check(&self, source: &Source, notifier: &Notifier) -> Result<Outcome, UpdateError> {
+        notifier.status(&format!("checking {source}"));
+        notifier.feed();
         let mut last = Instant::now();
         let mut progress = |p: Progress| {
             if last.elapsed() >= Duration::from_secs(1) {
                 last = Instant::now();
-                notify.status(&format!("downloading: {} of {} bytes", p.done, p.total));
-                notify.feed();
+                notifier.status(&format!("downloading: {} of {} bytes", p.done, p.total));
+                notifier.feed();
             }
         };
         let hooks = Hooks { cancel: Some(self.handle.stop.clone()), progress: Some(&mut progress) };
-        update::apply_source(&self.settings, &self.source, SystemTime::now(), hooks)
+        update::apply_source(&self.settings, source, SystemTime::now(), hooks)
     }
 }
 

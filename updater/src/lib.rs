@@ -6,12 +6,13 @@
 //! tries it on the runtime ([`trial`]) and commits or switches back; [`update::recover`]
 //! finishes or undoes an interrupted update. Releases come from a local manifest or over
 //! HTTP(S) ([`source`], [`fetch`]: retried, resumable, capped and hashed downloads); [`daemon`]
-//! checks a manifest URL periodically.
+//! checks a manifest URL periodically; [`fleet`] takes `update`/`rollback` jobs over MQTT.
 
 pub mod config;
 pub mod daemon;
 pub mod delta;
 pub mod fetch;
+pub mod fleet;
 pub mod fsutil;
 pub mod gguf;
 pub mod io;

@@ -14,15 +14,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use outpost_updater::config::{ConfigError, Settings, DEFAULT_CONFIG_PATH};
+use outpost_updater::config::{ConfigError, Settings, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
 use outpost_updater::daemon::Daemon;
 use outpost_updater::source::Source;
 use outpost_updater::store::Store;
 use outpost_updater::update::{self, Hooks, Outcome};
 use outpost_updater::{keys, release};
-
-/// Exit code for an invalid configuration (sysexits' EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
 #[command(name = "outpost-updater", version, about = "Signed delta model updates for Outpost")]
@@ -171,7 +168,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Daemon => {
             let daemon = Daemon::new(Settings::load(&cli.config)?)?;
             daemon.handle_signals()?;
+            // Its own copy of the settings (the daemon keeps the first).
+            let fleet = outpost_updater::fleet::FleetAgent::start(Settings::load(&cli.config)?)?;
             daemon.run();
+            if let Some(fleet) = fleet {
+                fleet.stop();
+            }
         }
         Command::Recover => {
             let settings = Settings::load(&cli.config)?;
@@ -216,15 +218,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rollback => {
             let settings = Settings::load(&cli.config)?;
-            let store = Store::new(&settings.updater.store);
-            let _lock = store.lock()?;
-            update::recover(&settings, &store, now)?;
-            let to = store.rollback()?;
+            let to = update::rollback(&settings, now)?;
             println!("rolled back to {}", to.version);
-            // The store is what counts; a runtime that is not running loads it when it starts.
-            if let Err(err) = update::reload_runtime(&settings) {
-                tracing::warn!(%err, "cannot reload the runtime");
-            }
         }
     }
     Ok(())

@@ -195,13 +195,11 @@ fn file_sha256(path: &Path) -> Option<String> {
     hash_stream(&mut f).ok().map(|(_, sha)| sha)
 }
 
-/// Crashes the process at a named point when `OUTPOST_UPDATER_CRASH_AT` names it (tests use it
-/// to kill the updater at every journal step, and with `trial` inside the trial, right after the
-/// runtime reloaded the new version).
+/// Crashes the process at a named point when the failpoint `updater-crash-at-<name>` is armed
+/// (test builds only: tests use it to kill the updater at every journal step, and with `trial`
+/// inside the trial, right after the runtime reloaded the new version).
 pub(crate) fn crash_point(name: &str) {
-    if std::env::var("OUTPOST_UPDATER_CRASH_AT").is_ok_and(|v| v == name) {
-        std::process::abort();
-    }
+    outpost_common::failpoint::crash(&format!("updater-crash-at-{name}"));
 }
 
 /// Verifies the manifest at `manifest_path` and installs its version into the store.
@@ -449,6 +447,20 @@ fn abandon(
 /// Asks the runtime to load `current` again (after a rollback), within `trial_timeout`.
 pub fn reload_runtime(settings: &Settings) -> Result<(), TrialError> {
     Runtime::new(&settings.updater.runtime_socket, settings.updater.trial_timeout).reload()
+}
+
+/// Switches back to the previous version (finishing or undoing an interrupted update first),
+/// then asks the runtime to reload; a runtime that is not running loads it when it starts.
+/// `outpost-updater rollback` and the fleet's `rollback` both call this.
+pub fn rollback(settings: &Settings, now: SystemTime) -> Result<Committed, UpdateError> {
+    let store = Store::new(&settings.updater.store);
+    let _lock = store.lock()?;
+    recover(settings, &store, now)?;
+    let to = store.rollback()?;
+    if let Err(err) = reload_runtime(settings) {
+        tracing::warn!(%err, "cannot reload the runtime");
+    }
+    Ok(to)
 }
 
 /// Records the switched version as committed, then collects old versions.

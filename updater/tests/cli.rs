@@ -14,8 +14,8 @@ fn updater(config: &Path, args: &[&str], crash_at: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost-updater"));
     cmd.arg("--config").arg(config).args(args);
     match crash_at {
-        Some(point) => cmd.env("OUTPOST_UPDATER_CRASH_AT", point),
-        None => cmd.env_remove("OUTPOST_UPDATER_CRASH_AT"),
+        Some(point) => cmd.env("OUTPOST_FAILPOINT", format!("updater-crash-at-{point}")),
+        None => cmd.env_remove("OUTPOST_FAILPOINT"),
     };
     cmd.output().unwrap()
 }

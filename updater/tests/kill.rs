@@ -22,7 +22,7 @@ fn updater(config: &Path, args: &[&str]) -> Output {
         .arg("--config")
         .arg(config)
         .args(args)
-        .env_remove("OUTPOST_UPDATER_CRASH_AT")
+        .env_remove("OUTPOST_FAILPOINT")
         .output()
         .unwrap()
 }

@@ -83,10 +83,18 @@ pub async fn import(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let cache = admin(&state, &peer, "cache import")?;
+    let report = import_jsonl(&state, &cache, body).await.map_err(failed)?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// Imports JSONL lines (as `outpost cache import` reads them) into the running daemon's cache,
+/// embedding each prompt with the daemon's router: the one path for `POST /admin/cache/import`
+/// and the fleet's `cache.import`.
+pub async fn import_jsonl(state: &AppState, cache: &Cache, body: Bytes) -> Result<ops::ImportReport, String> {
     let config = cache.config().clone();
     let router = state.router.clone();
     let runtime = tokio::runtime::Handle::current();
-    let report = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let source = std::path::Path::new("(request body)");
         let space = router.as_ref().map(|r| ops::embedding_space(&r.info().name, &r.info().version));
         ops::import_from(&config, std::io::Cursor::new(body), source, space.as_deref(), |text| {
@@ -98,7 +106,6 @@ pub async fn import(
         })
     })
     .await
-    .map_err(failed)?
-    .map_err(failed)?;
-    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }

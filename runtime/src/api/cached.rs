@@ -92,13 +92,15 @@ pub struct Remember {
     pub private: bool,
     /// For the stores metric.
     pub metrics: Arc<Metrics>,
+    /// Tracks the write, so that shutdown waits for it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Remember {
     /// Stores the answer in the background (the store waits for an fsync; the caller does not).
     pub fn keep(self, answer: String, model: String, origin: Origin, confidence: f32) {
         let entry = NewEntry { query: self.query, answer, model, origin, confidence, private: self.private };
-        tokio::spawn(async move {
+        self.tasks.clone().spawn(async move {
             let label = match self.cache.store(entry).await {
                 Ok(outcome) => serde_json::to_value(outcome)
                     .ok()

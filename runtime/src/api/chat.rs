@@ -25,10 +25,11 @@ use super::openai::{ChatRequest, Meta};
 use super::report::{Report, ROUTE_HEADER};
 use super::{cloud, local, AppState};
 use crate::cache::{self as response_cache, Origin, Query, ReadMode};
+use crate::cascade;
+use crate::cloud::Connectivity;
 use crate::engine::{ChatMessage, Event, Generate, GenerateError};
 use crate::metrics::RouteLabels;
 use crate::policy::{self, Decision, Inputs, Refusal, Route, RouteOverride};
-use crate::signals::Connectivity;
 
 /// Everything one request's routing needs.
 struct Request {
@@ -129,6 +130,7 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
             query,
             private: response_cache::is_private(&state.config.policy, &options),
             metrics: state.metrics.clone(),
+            tasks: state.tasks.clone(),
         }),
         _ => None,
     };
@@ -158,6 +160,33 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
         Route::Refuse => Err(refusal(&decision, None, inputs.connectivity)),
     };
     result
+}
+
+/// The routing decision for `prompt` as a chat request with default options would get it now
+/// (the fleet's `route.explain`): complexity (absent without a router), route, reasons.
+pub(crate) async fn explain(state: &AppState, prompt: &str) -> serde_json::Value {
+    let score = match &state.router {
+        Some(router) => router.score(prompt.to_owned()).await.ok(),
+        None => None,
+    };
+    let inputs = Inputs {
+        complexity: score.as_ref().map(|s| s.complexity),
+        prompt_tokens: None,
+        local_context: state.config.model.context,
+        max_tokens: state.config.generation.max_tokens,
+        power: *state.power.borrow(),
+        connectivity: state.cloud.connectivity(),
+        request: Default::default(),
+    };
+    let decision = decide(state, &inputs);
+    serde_json::json!({
+        "complexity": inputs.complexity,
+        "route": decision.route,
+        "reasons": decision.reasons,
+        "threshold": decision.threshold,
+        "power_mode": decision.power_mode,
+        "connectivity": inputs.connectivity,
+    })
 }
 
 fn decide(state: &AppState, inputs: &Inputs) -> Decision {
@@ -244,10 +273,9 @@ impl Request {
         report.confidence = Some(confidence.score);
         report.checks = confidence.checks.clone();
         let min = self.state.config.policy.min_confidence;
-        if !confidence.passes(min) && decision.cascade && self.state.cloud.connectivity().may_call() {
-            report
-                .reasons
-                .push(format!("cascade: local confidence {:.2} < min_confidence {min:.2}", confidence.score));
+        let verdict = cascade::decide(&confidence, min, decision.cascade, self.state.cloud.connectivity());
+        if let cascade::Verdict::Cascade { reason } = verdict {
+            report.reasons.push(reason);
             match self.state.cloud.complete(self.raw.clone()).await {
                 Ok(response) => {
                     self.state.metrics.cascade_checked.inc();

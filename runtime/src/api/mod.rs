@@ -1,7 +1,7 @@
 //! The HTTP API on the Unix socket: OpenAI-compatible chat completions, model identity, health,
 //! metrics and admin endpoints.
 
-mod admin_cache;
+pub(crate) mod admin_cache;
 mod cached;
 pub mod chat;
 mod cloud;
@@ -53,9 +53,11 @@ pub struct AppState {
     /// The cloud LLM client.
     pub cloud: crate::cloud::Cloud,
     /// The latest power reading.
-    pub power: tokio::sync::watch::Receiver<crate::signals::PowerState>,
+    pub power: tokio::sync::watch::Receiver<crate::power::PowerState>,
     /// The offline response cache, if enabled and opened.
     pub cache: Option<crate::cache::Cache>,
+    /// Background work started by requests (cache writes): awaited at shutdown.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The API's routes.
@@ -85,7 +87,11 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "other".to_owned());
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
+    if endpoint == "/v1/chat/completions" {
+        state.metrics.record_latency(started.elapsed().as_secs_f64());
+    }
     let labels = RequestLabels { endpoint, status: response.status().as_u16() };
     state.metrics.requests.get_or_create(&labels).inc();
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {

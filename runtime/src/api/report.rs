@@ -5,9 +5,10 @@
 use axum::http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
+use crate::cloud::Connectivity;
 use crate::policy::{Decision, Route};
+use crate::power::PowerMode;
 use crate::router::Score;
-use crate::signals::{Connectivity, PowerMode};
 
 /// Tells the caller which route answered.
 pub const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-outpost-route");

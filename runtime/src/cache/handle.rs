@@ -36,6 +36,8 @@ pub struct Cache {
     jobs: crossbeam_channel::Sender<Job>,
     config: Arc<CacheConfig>,
     counters: Arc<CounterCells>,
+    /// The owner thread, joined at shutdown.
+    thread: crate::owner::OwnerThread,
 }
 
 impl std::fmt::Debug for Cache {
@@ -65,13 +67,15 @@ impl Cache {
         let store = Store::open(config, clock, space, OpenMode::Create, true)?;
         let counters = Arc::clone(&store.counters);
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
-        std::thread::Builder::new().name("outpost-cache".into()).spawn(move || run(store, &rx)).map_err(
-            |e| CacheError::Open {
+        let thread = std::thread::Builder::new()
+            .name("outpost-cache".into())
+            .spawn(move || run(store, &rx))
+            .map_err(|e| CacheError::Open {
                 path: config.path.clone(),
                 reason: format!("cannot start the cache thread: {e}"),
-            },
-        )?;
-        Ok(Self { jobs, config: Arc::new(config.clone()), counters })
+            })?;
+        let thread = crate::owner::OwnerThread::new("cache", thread);
+        Ok(Self { jobs, config: Arc::new(config.clone()), counters, thread })
     }
 
     fn send<T>(
@@ -84,6 +88,11 @@ impl Cache {
             crossbeam_channel::TrySendError::Disconnected(_) => CacheError::Stopped,
         })?;
         Ok(rx)
+    }
+
+    /// The owner thread (it ends, writing pending hits, once every handle is dropped).
+    pub fn thread(&self) -> crate::owner::OwnerThread {
+        self.thread.clone()
     }
 
     /// The best hit for a request under `mode` (see [`super::read_mode`]): an exact hit, else

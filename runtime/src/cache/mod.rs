@@ -58,9 +58,9 @@ pub use handle::Cache;
 pub use key::{exact_key, normalize_text, ExactKey, KeySampling, Message, Query};
 pub use schema::SCHEMA_VERSION;
 
+use crate::cloud::Connectivity;
 use crate::engine::Sampling;
 use crate::policy::{PolicyConfig, Privacy, RequestOptions};
-use crate::signals::Connectivity;
 
 /// Why the cache could not do something.
 #[derive(Clone, Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::signals::Connectivity;
+use crate::cloud::Connectivity;
 
 /// The circuit breaker, as reports show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

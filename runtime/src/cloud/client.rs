@@ -18,8 +18,8 @@ use super::wire::{
     BodyError, MAX_BODY, MAX_ERROR_BODY,
 };
 use super::{CloudConfig, CloudError, CloudStatus};
+use crate::cloud::Connectivity;
 use crate::metrics::Metrics;
-use crate::signals::Connectivity;
 
 /// The longest wait between retries (unless `backoff` itself is longer), and the longest
 /// `Retry-After` honoured.

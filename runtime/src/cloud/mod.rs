@@ -17,6 +17,7 @@
 
 mod breaker;
 mod client;
+mod connectivity;
 mod credentials;
 mod probe;
 mod sse;
@@ -33,9 +34,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::signals::Connectivity;
 
 pub use breaker::BreakerState;
+pub use connectivity::Connectivity;
 pub use sse::CloudStream;
 
 use client::Endpoint;

@@ -275,6 +275,8 @@ pub struct Engine {
     queue_capacity: usize,
     /// One load at a time.
     loading: Arc<Mutex<()>>,
+    /// The owner thread, joined at shutdown.
+    thread: crate::owner::OwnerThread,
 }
 
 impl Engine {
@@ -292,10 +294,11 @@ impl Engine {
         });
         let settings = Arc::new(loaded::LoadSettings::from_config(config));
         let worker = worker::Worker::new(shared.clone(), metrics.clone(), settings.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("outpost-engine".into())
             .spawn(move || worker.run(jobs_rx, control_rx))?;
         Ok(Self {
+            thread: crate::owner::OwnerThread::new("engine", thread),
             jobs: jobs_tx,
             control: control_tx,
             shared,
@@ -304,6 +307,11 @@ impl Engine {
             queue_capacity,
             loading: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// The owner thread (it ends once every handle is dropped).
+    pub fn thread(&self) -> crate::owner::OwnerThread {
+        self.thread.clone()
     }
 
     /// Loads the model at the configured path (following symlinks as they are now) on a loader

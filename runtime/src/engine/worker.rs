@@ -30,19 +30,16 @@ pub(crate) struct Worker {
     /// The tokens whose KV entries are in sequence 0: a new prompt sharing a prefix with them
     /// only evaluates the rest (a chat's earlier turns are not evaluated again).
     kv_tokens: Vec<LlamaToken>,
-    /// Test-only failpoint (`OUTPOST_TEST_FAILPOINT=engine-stall`): the thread hangs at its
+    /// Test-only failpoint (`OUTPOST_FAILPOINT=engine-stall`, test builds): the thread hangs at its
     /// first request without beating, as a stuck llama.cpp would, to prove the watchdog stops.
     stall_on_request: bool,
 }
 
-/// The environment variable that arms test failpoints.
-pub const FAILPOINT_ENV: &str = "OUTPOST_TEST_FAILPOINT";
-
 impl Worker {
     pub(crate) fn new(shared: Arc<Shared>, metrics: Arc<Metrics>, settings: Arc<LoadSettings>) -> Self {
-        let stall_on_request = std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == "engine-stall");
+        let stall_on_request = outpost_common::failpoint::armed("engine-stall");
         if stall_on_request {
-            tracing::warn!("{FAILPOINT_ENV}=engine-stall: the engine will hang at its first request");
+            tracing::warn!("failpoint engine-stall: the engine will hang at its first request");
         }
         Self { shared, metrics, settings, current: None, kv_tokens: Vec::new(), stall_on_request }
     }

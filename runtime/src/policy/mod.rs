@@ -34,8 +34,9 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::cloud::Connectivity;
 use crate::power::PowerConfig;
-use crate::signals::{Connectivity, PowerMode, PowerState};
+use crate::power::{PowerMode, PowerState};
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::signals::PowerSource;
+use crate::power::PowerSource;
 
 const ROUTER_THRESHOLD: f32 = 0.5;
 

@@ -92,6 +92,8 @@ pub struct Router {
     jobs: crossbeam_channel::Sender<Job>,
     info: Arc<RouterInfo>,
     metrics: Arc<Metrics>,
+    /// The owner thread, joined at shutdown.
+    thread: crate::owner::OwnerThread,
 }
 
 impl std::fmt::Debug for Router {
@@ -107,7 +109,7 @@ impl Router {
         let (jobs, rx) = crossbeam_channel::bounded::<Job>(config.queue);
         let (loaded_tx, loaded_rx) = std::sync::mpsc::sync_channel(1);
         let config = config.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("outpost-router".into())
             .spawn(move || {
                 let mut model = match RouterModel::load(&config) {
@@ -136,7 +138,8 @@ impl Router {
             })
             .map_err(|e| RouterError::Run(format!("cannot start the router thread: {e}")))?;
         let info = loaded_rx.recv().map_err(|_| RouterError::Stopped)??;
-        Ok(Self { jobs, info: Arc::new(info), metrics })
+        let thread = crate::owner::OwnerThread::new("router", thread);
+        Ok(Self { jobs, info: Arc::new(info), metrics, thread })
     }
 
     /// Scores a prompt on the owner thread.
@@ -149,6 +152,11 @@ impl Router {
         let score = rx.await.map_err(|_| RouterError::Stopped)??;
         self.metrics.router_seconds.observe(score.elapsed.as_secs_f64());
         Ok(score)
+    }
+
+    /// The owner thread (it ends once every handle is dropped).
+    pub fn thread(&self) -> crate::owner::OwnerThread {
+        self.thread.clone()
     }
 
     /// The loaded router.

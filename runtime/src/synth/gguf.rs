@@ -14,21 +14,13 @@
 
 use std::io::{self, Write};
 
-/// GGUF file magic.
-const MAGIC: &[u8; 4] = b"GGUF";
-/// GGUF format version written.
-const VERSION: u32 = 3;
-/// Data alignment: ggml's `GGUF_DEFAULT_ALIGNMENT` (no `general.alignment` key is written).
-pub(crate) const ALIGNMENT: u64 = 32;
+use outpost_common::gguf::value_type::UINT64 as T_UINT64;
+use outpost_common::gguf::value_type::{ARRAY as T_ARRAY, BOOL as T_BOOL, FLOAT32 as T_FLOAT32};
+use outpost_common::gguf::value_type::{INT32 as T_INT32, STRING as T_STRING, UINT32 as T_UINT32};
+use outpost_common::gguf::{MAGIC, VERSION};
 
-// GGUF metadata value types (`enum gguf_type`).
-const T_UINT32: u32 = 4;
-const T_INT32: u32 = 5;
-const T_FLOAT32: u32 = 6;
-const T_BOOL: u32 = 7;
-const T_STRING: u32 = 8;
-const T_ARRAY: u32 = 9;
-const T_UINT64: u32 = 10;
+/// Data alignment: ggml's `GGUF_DEFAULT_ALIGNMENT` (no `general.alignment` key is written).
+pub(crate) const ALIGNMENT: u64 = outpost_common::gguf::DEFAULT_ALIGNMENT;
 
 /// A metadata value (only the kinds this generator needs).
 #[derive(Clone, Debug, PartialEq)]

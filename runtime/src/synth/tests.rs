@@ -156,6 +156,13 @@ fn tiny_f16_loads_tokenizes_and_generates() -> TestResult {
         &vocab::build(report.n_vocab),
     );
     assert_eq!(report.bytes, gguf::file_size(&kv, &infos));
+    // The shared reader (the updater's and `validate`'s) sees what was written.
+    let header = outpost_common::gguf::read_header(&report.path)?;
+    assert_eq!(header.architecture(), Some("llama"));
+    assert_eq!(header.tensors.len(), infos.len());
+    assert_eq!(header.file_size, report.bytes);
+    let data: u64 = header.tensors.iter().map(|t| t.bytes().map_or(0, gguf::pad_to_alignment)).sum();
+    assert_eq!(header.data_start + data, report.bytes);
     assert!(other_files(dir.path(), &["tiny-f16.gguf"])?.is_empty());
     check_model(&report.path, "1")
 }

@@ -1,17 +1,22 @@
 //! Configuration: `[updater]` in a base TOML file plus drop-ins in `updater.d/*.toml` beside it,
-//! merged key by key in file-name order ([`merge`]), typed and validated once into [`Settings`].
+//! merged key by key in file-name order (`outpost_common::config`), typed and validated once into [`Settings`].
 //! Every error names the file that set the key, the key and the reason; `main` maps them to exit
 //! code 78 (`EX_CONFIG`).
-
-mod merge;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use merge::Merged;
-pub use merge::DROP_IN_DIR;
+pub use outpost_common::config::{ConfigError, EXIT_CONFIG};
+use outpost_common::config::{Merged, Sources};
+
+/// The drop-in directory's name, beside the base file.
+///
+/// Not `config.d`: the runtime reads `config.d/` beside its own file (by default
+/// `/etc/outpost/config.d`, the updater's default directory too) and refuses tables it does not
+/// know, so each program keeps its own drop-in directory.
+pub const DROP_IN_DIR: &str = "updater.d";
 
 use crate::fetch::HttpOptions;
 use crate::keys::{self, TrustedKeys};
@@ -24,6 +29,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/outpost/updater.toml";
 #[serde(deny_unknown_fields)]
 struct File {
     updater: UpdaterConfig,
+    /// Fleet control over MQTT: the same section as the runtime's.
+    #[serde(default)]
+    mqtt: Option<outpost_common::mqtt::MqttConfig>,
 }
 
 /// `[updater]`: where models live, whom to trust, where releases come from.
@@ -147,37 +155,6 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
 }
 
-/// A configuration that could not be loaded: which file, which key, why.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A file is not valid TOML.
-    #[error("config file {path} is not valid TOML: {message}")]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
-    },
-    /// A key is missing, unknown, of the wrong type, or has an invalid value.
-    #[error("config file {path}: key `{key}`: {reason}")]
-    Key {
-        /// The file that set the key (the base file for a key no file set).
-        path: PathBuf,
-        /// The dotted key, e.g. `updater.threshold`.
-        key: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
-
 /// The validated settings, with the trusted keys and CA certificates loaded.
 #[derive(Debug)]
 pub struct Settings {
@@ -187,6 +164,8 @@ pub struct Settings {
     pub keys: TrustedKeys,
     /// How to fetch over HTTP(S).
     pub http: HttpOptions,
+    /// `[mqtt]` checked; none without the section.
+    pub mqtt: Option<outpost_common::mqtt::MqttSettings>,
     /// The base file (named by errors about keys no file set).
     path: PathBuf,
 }
@@ -195,7 +174,7 @@ impl Settings {
     /// Reads `path` and the drop-ins in `updater.d/` beside it, then parses and validates them and
     /// loads the trusted keys and CA certificates they name.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_merged(&Merged::load(path)?)
+        Self::from_merged(&Merged::load(&Sources::new(path, true, DROP_IN_DIR))?)
     }
 
     /// Parses and validates `text` as if it were the whole configuration in `path`.
@@ -213,20 +192,8 @@ impl Settings {
     }
 
     fn from_merged(merged: &Merged) -> Result<Self, ConfigError> {
-        let value = toml::Value::Table(merged.value.clone());
-        let file: File = serde_path_to_error::deserialize(value).map_err(|err| {
-            let key = err.path().to_string();
-            let message = err.into_inner().message().trim().to_owned();
-            let key = if key == "." { "updater".to_owned() } else { key };
-            // For an unknown field, name the field itself rather than its table.
-            let key = match message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-                Some(field) if key.rsplit('.').next() != Some(field) => format!("{key}.{field}"),
-                Some(_) => key,
-                None => key,
-            };
-            merged.key_error(&key, message)
-        })?;
-        let u = file.updater;
+        let file: File = merged.deserialize()?;
+        let u = file.updater.clone();
         let err = |key: &str, reason: &str| merged.key_error(&format!("updater.{key}"), reason);
         if !u.store.is_absolute() {
             return Err(err("store", "must be an absolute path"));
@@ -289,7 +256,15 @@ impl Settings {
             retry_backoff: u.retry_backoff,
             ca_certs,
         };
-        Ok(Self { updater: u, keys: trusted, http, path: merged.base().to_path_buf() })
+        let mqtt = match &file.mqtt {
+            // Fleet state beside the store, which the updater owns.
+            Some(m) => Some(
+                m.check(&u.store.join(".fleet"))
+                    .map_err(|(key, reason)| merged.key_error(&format!("mqtt.{key}"), reason))?,
+            ),
+            None => None,
+        };
+        Ok(Self { updater: u, keys: trusted, http, mqtt, path: merged.base().to_path_buf() })
     }
 }
 

@@ -59,7 +59,14 @@ fn errors_name_the_key() {
     let (_d, key) = with_key();
     let k = key.display().to_string();
     let cases = [
-        (format!("[updater]\ntrusted_keys = [{k:?}]\n"), "updater"),
+        // A missing key is named itself.
+        (format!("[updater]\ntrusted_keys = [{k:?}]\n"), "updater.device_class"),
+        // `[mqtt]` is checked as the runtime checks it.
+        (
+            format!("[updater]\ntrusted_keys = [{k:?}]\ndevice_class = \"a\"\n[mqtt]\nurl = \"tcp://b\"\n"),
+            "mqtt.url",
+        ),
+        (format!("[updater]\ntrusted_keys = [{k:?}]\ndevice_class = \"a\"\n[mqtt]\nurl = \"mqtt://b\"\ndevice_id = \"a/b\"\n"), "mqtt.device_id"),
         (
             format!("[updater]\ntrusted_keys = [{k:?}]\ndevice_class = \"a\"\nthreshold = \"x\"\n"),
             "updater.threshold",

@@ -202,7 +202,7 @@ async fn private_requests_are_stored_only_when_allowed() {
 
 #[test]
 fn read_mode_follows_connectivity_and_config() {
-    use crate::signals::Connectivity::{NotConfigured, Offline, Online, Unknown};
+    use crate::cloud::Connectivity::{NotConfigured, Offline, Online, Unknown};
     let config = CacheConfig::default();
     let (greedy, hot) = (sampling(0.0), sampling(0.7));
     assert_eq!(read_mode(&config, Offline, &greedy), ReadMode::Semantic);

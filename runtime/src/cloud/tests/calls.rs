@@ -7,7 +7,7 @@ use serde_json::json;
 use super::fake::{completion, FakeCloud, Reply};
 use super::{calls, cloud, config, write};
 use crate::cloud::CloudError;
-use crate::signals::Connectivity;
+use crate::cloud::Connectivity;
 
 const CHAT: &str = "/v1/chat/completions";
 

@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::fake::{completion, FakeCloud, Reply};
 use super::{calls, cloud, config, sample, wait_for};
+use crate::cloud::Connectivity;
 use crate::cloud::{BreakerState, Cloud, CloudConfig, CloudError};
 use crate::metrics::Metrics;
-use crate::signals::Connectivity;
 
 const CHAT: &str = "/v1/chat/completions";
 

@@ -1,29 +1,8 @@
-//! The device's signals that routing depends on, as plain values: where power comes from and
-//! whether the cloud can be reached. [`crate::power`] reads them from sysfs and
-//! [`crate::cloud`] from probes and real calls; [`crate::policy`] decides on them.
+//! The power signal as plain values: where power comes from, the battery level, and the power
+//! mode derived from them ([`super::PowerConfig::mode`]). [`super::spawn_monitor`] reads them
+//! from sysfs; [`crate::policy`] decides on them.
 
 use serde::Serialize;
-
-/// Whether the cloud endpoint can be reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Connectivity {
-    /// The last probe or call reached the endpoint.
-    Online,
-    /// The endpoint cannot be reached (probe failed, or the circuit breaker is open).
-    Offline,
-    /// Nothing is known yet (no probe has finished since start).
-    Unknown,
-    /// No `[cloud] url` is configured: there is no cloud to reach.
-    NotConfigured,
-}
-
-impl Connectivity {
-    /// A cloud call may be attempted: online, or not known to be offline.
-    pub fn may_call(self) -> bool {
-        matches!(self, Self::Online | Self::Unknown)
-    }
-}
 
 /// Where the board's power comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

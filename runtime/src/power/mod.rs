@@ -21,9 +21,13 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
-use crate::signals::{PowerMode, PowerSource, PowerState};
+
+mod state;
+
+pub use state::{PowerMode, PowerSource, PowerState};
 
 /// `[power]`: where the battery is read and how its level maps to power modes.
 ///
@@ -208,6 +212,7 @@ pub fn spawn_monitor(
     config: PowerConfig,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> watch::Receiver<PowerState> {
     let mut failing = false;
     let first = match read(&config.supply_root) {
@@ -225,7 +230,7 @@ pub fn spawn_monitor(
         "power: initial state"
     );
     let (tx, rx) = watch::channel(first);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let period = config.poll_interval;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -547,7 +552,7 @@ mod tests {
         };
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
-        let mut rx = spawn_monitor(config, Arc::clone(&metrics), shutdown.clone());
+        let mut rx = spawn_monitor(config, Arc::clone(&metrics), shutdown.clone(), &TaskTracker::new());
         assert_eq!(rx.borrow_and_update().level, Some(50));
         assert!(metrics.render().contains("outpost_battery_level_percent 50"));
 
