@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing Outpost needs, once: Debian packages for llama.cpp's build
-# (cmake, clang, libclang-dev), curl for the examples, and a Python venv (.venv) with the
+# (cmake, clang, libclang-dev), curl for the examples, mosquitto and openssl for the fleet tests, and a Python venv (.venv) with the
 # official `openai` client used by the end-to-end tests. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
-for cmd in cmake clang curl pkg-config; do
+for cmd in cmake clang curl pkg-config mosquitto openssl; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 # libclang for bindgen (llama-cpp-sys-2)
@@ -17,7 +17,8 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_6
   need+=("libclang-dev")
 fi
 if [ ${#need[@]} -gt 0 ]; then
-  pkgs=(cmake clang libclang-dev pkg-config curl)
+  # mosquitto and openssl: the fleet tests' broker and certificates.
+  pkgs=(cmake clang libclang-dev pkg-config curl mosquitto openssl)
   echo "setup: installing ${pkgs[*]}" >&2
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}"

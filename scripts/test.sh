@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export OUTPOST_TEST_PYTHON="$PWD/.venv/bin/python"
-cargo build --workspace --bins --locked
-cargo test --workspace --locked -- "$@"
+# The daemons are built with test failpoints (a cargo feature; never in packaged builds).
+features="outpost/failpoints,outpost-updater/failpoints"
+cargo build --workspace --bins --locked --features "$features"
+cargo test --workspace --locked --features "$features" -- "$@"

@@ -193,8 +193,11 @@ fn diff(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<String>) {
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     for key in keys {
         let dotted = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let empty = toml::Table::new();
         match (a.get(key), b.get(key)) {
             (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => diff(&dotted, x, y, out),
+            (Some(toml::Value::Table(x)), None) => diff(&dotted, x, &empty, out),
+            (None, Some(toml::Value::Table(y))) => diff(&dotted, &empty, y, out),
             (x, y) if x != y => out.push(dotted),
             _ => {}
         }

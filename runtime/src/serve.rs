@@ -139,6 +139,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         power,
         cache,
         tasks: tasks.clone(),
+        fleet: Arc::default(),
     };
     let mut threads = vec![engine.thread()];
     threads.extend(state.router.as_ref().map(crate::router::Router::thread));
@@ -151,6 +152,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     }
     // Fleet control: never waits for the broker; an unreachable one only shows in the status.
     let fleet = crate::fleet::start(&state, &tasks, shutdown.clone())?;
+    if let Some(agent) = &fleet {
+        let _ = state.fleet.set(agent.watch_connection());
+    }
     let app = api::router(state).into_make_service_with_connect_info::<socket::Peer>();
     let stop_accepting = shutdown.clone();
     let server = tokio::spawn(async move {

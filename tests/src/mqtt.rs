@@ -69,7 +69,7 @@ impl Broker {
         std::fs::write(
             &config,
             format!(
-                "per_listener_settings false\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n\
+                "user root\nper_listener_settings false\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n\
                  listener {port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n\
                  require_certificate true\nuse_identity_as_username true\nallow_anonymous false\nacl_file {c}/acl\n\
                  message_size_limit 2097152\nlog_dest file {dir}/mosquitto.log\nlog_type all\n",
@@ -84,7 +84,9 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("mosquitto")
+        // Debian installs it in /usr/sbin, which a user's PATH may lack.
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists());
+        let child = Command::new(bin.unwrap_or("mosquitto"))
             .arg("-c")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -168,12 +170,17 @@ impl Observer {
         let sink = messages.clone();
         let subscribed = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = subscribed.clone();
-        for f in filters {
-            client.subscribe(*f, QoS::AtLeastOnce).unwrap();
-        }
+        let resubscriber = client.clone();
+        let filters_owned: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
         std::thread::spawn(move || {
             for event in connection.iter() {
                 match event {
+                    // (Re)subscribe on every connection: the session is clean.
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        for f in &filters_owned {
+                            let _ = resubscriber.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                        }
+                    }
                     Ok(Event::Incoming(Incoming::SubAck(_))) => {
                         *flag.0.lock().unwrap() = true;
                         flag.1.notify_all();
@@ -198,6 +205,11 @@ impl Observer {
             assert!(*guard && !timeout.timed_out(), "no SUBACK within 10 s");
         }
         Self { client, messages }
+    }
+
+    /// Forgets what was received so far.
+    pub fn clear(&self) {
+        self.messages.0.lock().unwrap().clear();
     }
 
     /// Publishes JSON (QoS 1).

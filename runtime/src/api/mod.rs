@@ -58,6 +58,9 @@ pub struct AppState {
     pub cache: Option<crate::cache::Cache>,
     /// Background work started by requests (cache writes): awaited at shutdown.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The fleet agent's connection, once started (`[mqtt]` configured). Only the watch, not
+    /// the agent: the agent holds an `AppState`, and a cycle would keep the engine alive.
+    pub fleet: Arc<std::sync::OnceLock<tokio::sync::watch::Receiver<outpost_common::mqtt::ConnectionState>>>,
 }
 
 /// The API's routes.

@@ -1,4 +1,5 @@
-//! `GET /v1/outpost/status`: the signals routing decides on, as the daemon sees them now.
+//! `GET /v1/outpost/status`: the signals routing decides on, as the daemon sees them now, and
+//! the fleet connection.
 
 use axum::extract::State;
 use axum::Json;
@@ -26,5 +27,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
             "min_confidence": state.config.policy.min_confidence,
         },
         "model": state.engine.model().map(|m| m.id.clone()),
+        // Fleet control: absent without `[mqtt]`; else the broker connection.
+        "fleet": state.fleet.get().map(|c| c.borrow().clone()),
     }))
 }

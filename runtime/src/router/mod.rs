@@ -191,8 +191,11 @@ mod tests {
             let score = model.score(prompt).expect("score");
             assert_eq!(score.tokens as u64, v["n_tokens"].as_u64().expect("n_tokens"), "{prompt}");
             let expected = v["complexity"].as_f64().expect("complexity") as f32;
+            // ONNX Runtime's int8 kernels differ by CPU (AVX-512 VNNI on AMD EPYC, AMX on
+            // Sapphire Rapids): between the two machine kinds here the complexity moved by
+            // 2.8e-3 and embedding components by up to 3.3e-3. Tolerances allow 5e-3 and 1e-2.
             assert!(
-                (score.complexity - expected).abs() < 2e-3,
+                (score.complexity - expected).abs() < 5e-3,
                 "{prompt}: {} vs {expected}",
                 score.complexity
             );
@@ -200,7 +203,7 @@ mod tests {
             assert!((norm - 1.0).abs() < 1e-3, "embedding is L2-normalized: {norm}");
             for (got, want) in score.embedding.iter().zip(v["embedding_head8"].as_array().expect("head8")) {
                 let want = want.as_f64().expect("f64") as f32;
-                assert!((got - want).abs() < 2e-3, "{prompt}: embedding {got} vs {want}");
+                assert!((got - want).abs() < 1e-2, "{prompt}: embedding {got} vs {want}");
             }
         }
     }
