@@ -17,16 +17,30 @@ what the checksum flags use.
     "
     SRC_URI[<name>-<version>.sha256sum] = "<checksum from Cargo.lock>"
 
+--check also holds the hand-written recipes beside it (recipes-outpost/outpost/*.bb) to the
+tree, since a Cargo.lock update can silently break them: every vendored crate they name
+(`${CARGO_VENDORING_DIRECTORY}/<name>-<version>`) must be in Cargo.lock, each patch for one must
+apply to that crate without fuzz, and every LIC_FILES_CHKSUM md5 (files of this tree and of
+vendored crates) must match. Crate sources come from ~/.cargo/registry, or from crates.io
+(checked against the lock's sha256).
+
 Usage: scripts/yocto-crates.py            rewrite the .inc
-       scripts/yocto-crates.py --check    exit 1 (and say what differs) if it is not current
+       scripts/yocto-crates.py --check    exit 1 (and say what differs) if anything is stale
 """
 
 import argparse
 import difflib
+import glob
+import hashlib
+import io
 import os
+import re
 import subprocess
 import sys
+import tarfile
+import tempfile
 import tomllib
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "yocto/meta-outpost/recipes-outpost/outpost/outpost-crates.inc")
@@ -82,6 +96,79 @@ def render(root, pn):
     return text
 
 
+VENDORED = "${CARGO_VENDORING_DIRECTORY}/"
+
+
+def crate_dir(name_version, lock, tmp):
+    """Unpacked source of a crates.io crate of Cargo.lock, e.g. `llama-cpp-sys-2-0.1.161`."""
+    by_key = {f"{c['name']}-{c['version']}": c for c in lock["package"]
+              if "crates.io" in c.get("source", "")}
+    crate = by_key.get(name_version)
+    if crate is None:
+        raise LookupError(f"crate {name_version} is not in Cargo.lock")
+    home = os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo"))
+    for d in glob.glob(os.path.join(home, "registry/src/*", name_version)):
+        return d
+    url = f"https://static.crates.io/crates/{crate['name']}/{name_version}.crate"
+    with urllib.request.urlopen(url, timeout=60) as r:
+        data = r.read()
+    if hashlib.sha256(data).hexdigest() != crate["checksum"]:
+        raise LookupError(f"{url}: sha256 differs from Cargo.lock")
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        t.extractall(tmp, filter="data")
+    return os.path.join(tmp, name_version)
+
+
+def file_md5(path, params):
+    """md5 as bitbake's LIC_FILES_CHKSUM computes it (whole file, or beginline..endline)."""
+    begin, end = int(params.get("beginline", 0)), int(params.get("endline", 0))
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if (not begin or n >= begin) and (not end or n <= end):
+                md5.update(line)
+    return md5.hexdigest()
+
+
+def check_recipes(recipe_dir, lock):
+    """Problems in the recipes' references to this tree and to vendored crates."""
+    problems = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for bb in sorted(glob.glob(os.path.join(recipe_dir, "*.bb"))):
+            name = os.path.relpath(bb, ROOT)
+            text = open(bb, encoding="utf-8").read()
+            for m in re.finditer(r"file://([^;\s\"\\]+)((?:;[^;\s\"\\]+)*)", text):
+                path, params = m.group(1), dict(
+                    kv.split("=", 1) for kv in m.group(2).split(";") if "=" in kv)
+                try:
+                    if path.endswith(".patch"):
+                        target = params.get("patchdir", "")
+                        if not target.startswith(VENDORED):
+                            continue
+                        src = crate_dir(target[len(VENDORED):].strip("/"), lock, tmp)
+                        patch = os.path.join(recipe_dir, "files", path)
+                        run = subprocess.run(["patch", "-p1", "-F0", "--dry-run", "-s", "-d", src,
+                                              "-i", patch], capture_output=True, text=True)
+                        if run.returncode:
+                            problems.append(f"{name}: {path} does not apply to "
+                                            f"{os.path.basename(src)}: {run.stdout.strip()}")
+                    elif "md5" in params:
+                        if path.startswith(VENDORED):
+                            crate, _, rel = path[len(VENDORED):].partition("/")
+                            real = os.path.join(crate_dir(crate, lock, tmp), rel)
+                        elif "${" in path:
+                            continue
+                        else:
+                            real = os.path.join(ROOT, path)
+                        got = file_md5(real, params)
+                        if got != params["md5"]:
+                            problems.append(f"{name}: LIC_FILES_CHKSUM {path}: md5 is {got}, "
+                                            f"recipe says {params['md5']}")
+                except (LookupError, OSError) as e:
+                    problems.append(f"{name}: {path}: {e}")
+    return problems
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="fail if the file is not current")
@@ -97,16 +184,25 @@ def main():
         have = None
 
     if args.check:
+        ok = True
         if have == want:
             print(f"{os.path.relpath(args.out, ROOT)}: current ({want.count('crate://')} crates)")
-            return 0
-        print(f"{os.path.relpath(args.out, ROOT)} is not current with Cargo.lock; "
-              "run scripts/yocto-crates.py", file=sys.stderr)
-        if have is not None:
-            diff = difflib.unified_diff(have.splitlines(), want.splitlines(),
-                                        "committed", "from Cargo.lock", lineterm="", n=0)
-            sys.stderr.writelines(line + "\n" for line in list(diff)[:40])
-        return 1
+        else:
+            ok = False
+            print(f"{os.path.relpath(args.out, ROOT)} is not current with Cargo.lock; "
+                  "run scripts/yocto-crates.py", file=sys.stderr)
+            if have is not None:
+                diff = difflib.unified_diff(have.splitlines(), want.splitlines(),
+                                            "committed", "from Cargo.lock", lineterm="", n=0)
+                sys.stderr.writelines(line + "\n" for line in list(diff)[:40])
+        with open(os.path.join(ROOT, "Cargo.lock"), "rb") as f:
+            lock = tomllib.load(f)
+        problems = check_recipes(os.path.dirname(args.out), lock)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if not problems:
+            print("recipes: vendored crates, patches and license checksums match the tree")
+        return 0 if ok and not problems else 1
 
     if have != want:
         tmp = args.out + ".tmp"
