@@ -25,14 +25,22 @@ do_compile() {
 do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/packaging/systemd/outpost-updater.service ${D}${systemd_system_unitdir}/
+    install -D -m 0644 ${S}/packaging/sysusers.d/outpost-updater.conf ${D}${nonarch_libdir}/sysusers.d/outpost-updater.conf
+    install -D -m 0644 ${S}/packaging/tmpfiles.d/outpost-updater.conf ${D}${nonarch_libdir}/tmpfiles.d/outpost-updater.conf
     install -D -m 0644 ${S}/packaging/config/updater.toml ${D}${sysconfdir}/outpost/updater.toml
 }
 
 SYSTEMD_SERVICE:${PN} = "outpost-updater.service"
-# Same user as the daemon: the updater owns the model store and talks to the admin socket.
+# Its own user, in group outpost (packaging/sysusers.d/outpost-updater.conf): it owns the model
+# store, the runtime reads it, and it reaches the runtime's socket. The group is created here
+# too, in case the updater's package is installed first.
 USERADD_PACKAGES = "${PN}"
-USERADD_PARAM:${PN} = "${OUTPOST_USERADD_PARAM}"
+GROUPADD_PARAM:${PN} = "--system outpost"
+USERADD_PARAM:${PN} = "--system --user-group --groups outpost \
+    --home-dir ${localstatedir}/lib/outpost/models --no-create-home \
+    --shell ${base_sbindir}/nologin outpost-updater"
 
+FILES:${PN} += "${nonarch_libdir}/sysusers.d ${nonarch_libdir}/tmpfiles.d"
 CONFFILES:${PN} = "${sysconfdir}/outpost/updater.toml"
 
 # ca-certificates: HTTPS to the update server (rustls with the system's roots). The updater

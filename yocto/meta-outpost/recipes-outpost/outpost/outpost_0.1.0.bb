@@ -108,14 +108,18 @@ do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/packaging/systemd/outpost.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${S}/packaging/systemd/outpost.socket ${D}${systemd_system_unitdir}/
-    install -D -m 0644 ${S}/packaging/systemd/outpost.sysusers ${D}${nonarch_libdir}/sysusers.d/outpost.conf
-    install -D -m 0644 ${S}/packaging/systemd/outpost.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/outpost.conf
+    install -D -m 0644 ${S}/packaging/sysusers.d/outpost.conf ${D}${nonarch_libdir}/sysusers.d/outpost.conf
+    install -D -m 0644 ${S}/packaging/tmpfiles.d/outpost.conf ${D}${nonarch_libdir}/tmpfiles.d/outpost.conf
     install -D -m 0644 ${S}/packaging/config/outpost.toml ${D}${sysconfdir}/outpost/outpost.toml
 }
 
 SYSTEMD_SERVICE:${PN} = "outpost.socket outpost.service"
+# The runtime's user and group, as packaging/sysusers.d/outpost.conf declares them for
+# systemd-sysusers; useradd creates them in the image at rootfs time. Apps that use the API
+# join group outpost.
 USERADD_PACKAGES = "${PN}"
-USERADD_PARAM:${PN} = "${OUTPOST_USERADD_PARAM}"
+USERADD_PARAM:${PN} = "--system --user-group --home-dir ${localstatedir}/lib/outpost \
+    --no-create-home --shell ${base_sbindir}/nologin outpost"
 
 # Built for the machine's cores, not just for the tune.
 PACKAGE_ARCH = "${MACHINE_ARCH}"
