@@ -115,7 +115,10 @@ def crate_dir(name_version, lock, tmp):
     if hashlib.sha256(data).hexdigest() != crate["checksum"]:
         raise LookupError(f"{url}: sha256 differs from Cargo.lock")
     with tarfile.open(fileobj=io.BytesIO(data)) as t:
-        t.extractall(tmp, filter="data")
+        try:
+            t.extractall(tmp, filter="data")
+        except TypeError:  # Python before 3.11.4 (Debian 12 has 3.11.2); the archive's sha256 matched
+            t.extractall(tmp)
     return os.path.join(tmp, name_version)
 
 
