@@ -9,3 +9,7 @@ export OUTPOST_TEST_PYTHON="$PWD/.venv/bin/python"
 features="outpost/failpoints,outpost-updater/failpoints"
 cargo build --workspace --bins --locked --features "$features"
 cargo test --workspace --locked --features "$features" -- "$@"
+# Packaging checks that need no build: the Yocto layer (oelint-adv, crate list current) and the
+# Containerfile (hadolint).
+./scripts/check-yocto.sh
+./scripts/check-container.sh
