@@ -131,11 +131,36 @@ pub struct ApiConfig {
     pub group: Option<String>,
     /// Uids besides root allowed to call `/admin/*` (checked from the socket's peer credentials).
     pub admin_uids: Vec<u32>,
-    /// Requests waiting for the engine beyond the one it is running; more get 503.
+    /// Requests waiting for the engine beyond those it is running; more get 503.
     pub queue: usize,
+    /// Requests generated at once in one llama.cpp context (continuous batching), each with
+    /// its own `model.context` tokens of KV cache. Unset: sized for the board's memory (1 below
+    /// 3 GiB, 2 below 6 GiB, else 4).
+    pub parallel: Option<u32>,
     /// How long SIGTERM waits for in-flight requests before cancelling them.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+}
+
+impl ApiConfig {
+    /// `parallel`, with the default for this board applied.
+    pub fn parallel(&self) -> u32 {
+        self.parallel.unwrap_or_else(|| {
+            let total_kib = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find(|l| l.starts_with("MemTotal:"))
+                        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                })
+                .unwrap_or(0);
+            match total_kib / (1024 * 1024) {
+                0..=2 => 1,
+                3..=5 => 2,
+                _ => 4,
+            }
+        })
+    }
 }
 
 impl Default for ApiConfig {
@@ -145,6 +170,7 @@ impl Default for ApiConfig {
             group: None,
             admin_uids: Vec::new(),
             queue: 16,
+            parallel: None,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -257,6 +283,11 @@ impl Config {
                         merged.key_error("api.group", format!("cannot look up group `{group}`: {err}"))
                     )
                 }
+            }
+        }
+        if let Some(p) = a.parallel {
+            if !(1..=64).contains(&p) {
+                return Err(merged.key_error("api.parallel", format!("must be between 1 and 64 (got {p})")));
             }
         }
         if a.queue == 0 || a.queue > 4096 {

@@ -45,7 +45,13 @@ pub fn start(
         tasks,
         shutdown.clone(),
     )?;
-    tasks.spawn(telemetry_loop(state.clone(), agent.clone(), settings.config.telemetry_interval, shutdown));
+    tasks.spawn(telemetry_loop(
+        state.clone(),
+        agent.clone(),
+        settings.config.telemetry_interval,
+        shutdown.clone(),
+    ));
+    tasks.spawn(watch_status(state.clone(), agent.clone(), shutdown));
     Ok(Some(agent))
 }
 
@@ -200,6 +206,29 @@ fn diff(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<String>) {
             (None, Some(toml::Value::Table(y))) => diff(&dotted, &empty, y, out),
             (x, y) if x != y => out.push(dotted),
             _ => {}
+        }
+    }
+}
+
+/// Republishes the status when what it shows changes (a reload or an update swapped the model,
+/// the power mode or the cloud's reachability changed), checked every 2 s.
+async fn watch_status(state: AppState, agent: Agent, shutdown: CancellationToken) {
+    let snapshot = |s: &AppState| {
+        let power = *s.power.borrow();
+        let model = s.engine.model().map(|m| (m.id.clone(), m.version.clone(), m.loaded_at));
+        (model, label(&s.config.power.mode(&power)), power.level, label(&s.cloud.connectivity()))
+    };
+    let mut last = snapshot(&state);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let now = snapshot(&state);
+        if now != last {
+            last = now;
+            agent.status_changed();
         }
     }
 }

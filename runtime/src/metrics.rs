@@ -26,6 +26,13 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+/// Labels of an engine slot.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    /// The slot (llama.cpp sequence id).
+    pub slot: i32,
+}
+
 /// Labels of a model (re)load.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LoadLabels {
@@ -80,6 +87,12 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Generations running now (0 or 1 while requests are served one at a time).
     pub active: Gauge,
+    /// KV cache cells (tokens) in use, by slot.
+    pub kv_cells_used: Family<SlotLabels, Gauge>,
+    /// KV cache cells (tokens) per slot (`model.context`).
+    pub kv_cells_per_slot: Gauge,
+    /// Slots (`api.parallel`).
+    pub slots: Gauge,
     /// 1 while a model is loaded.
     pub model_loaded: Gauge,
     /// Model loads by result.
@@ -116,6 +129,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Records how many KV cells slot `slot` holds.
+    pub fn set_kv_used(&self, slot: i32, cells: usize) {
+        self.kv_cells_used.get_or_create(&SlotLabels { slot }).set(i64::try_from(cells).unwrap_or(i64::MAX));
+    }
+
     /// Records a chat completion's latency (kept for telemetry; the newest 10,000 at most).
     pub fn record_latency(&self, seconds: f64) {
         let mut v = self.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -146,6 +164,9 @@ impl Metrics {
             decode_rate: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
             queue_depth: Gauge::default(),
             active: Gauge::default(),
+            kv_cells_used: Family::default(),
+            kv_cells_per_slot: Gauge::default(),
+            slots: Gauge::default(),
             model_loaded: Gauge::default(),
             model_loads: Family::default(),
             routes: Family::default(),
@@ -186,6 +207,17 @@ impl Metrics {
         );
         registry.register("queue_depth", "Requests waiting for the engine", m.queue_depth.clone());
         registry.register("active_generations", "Generations running now", m.active.clone());
+        registry.register(
+            "kv_cells_used",
+            "KV cache cells (tokens) in use, by slot",
+            m.kv_cells_used.clone(),
+        );
+        registry.register(
+            "kv_cells_per_slot",
+            "KV cache cells (tokens) each slot has",
+            m.kv_cells_per_slot.clone(),
+        );
+        registry.register("slots", "Generations the engine runs at once (api.parallel)", m.slots.clone());
         registry.register("model_loaded", "1 while a model is loaded", m.model_loaded.clone());
         registry.register("model_loads", "Model loads by result", m.model_loads.clone());
         registry.register("routes", "Chat requests by the route that answered", m.routes.clone());

@@ -157,3 +157,19 @@ fn an_offline_board_serves_preloaded_answers_by_meaning_but_not_near_misses() {
     let r = ask(&daemon, "What's the capital of France?");
     assert_eq!(r.header("x-outpost-route"), Some("local"), "cleared: {}", r.text());
 }
+
+#[test]
+fn sigterm_right_after_an_answer_keeps_its_cache_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cache.db");
+    let model = tiny_model(22);
+    let mut daemon = Daemon::start(&model, &cache_dropin(&db, ""));
+    let first = ask(&daemon, "Which river runs through Paris?");
+    assert_eq!(first.header("x-outpost-route"), Some("local"), "{}", first.text());
+    // No waiting for the store: SIGTERM at once. Shutdown awaits the write it acknowledged.
+    assert!(daemon.terminate().success(), "{}", daemon.log());
+    let daemon = Daemon::start(&model, &cache_dropin(&db, ""));
+    let again = ask(&daemon, "Which river runs through Paris?");
+    assert_eq!(again.header("x-outpost-route"), Some("cache"), "{}", again.text());
+    assert_eq!(content(&again), content(&first));
+}

@@ -22,15 +22,23 @@ pub const DEFAULT_CHAT_TEMPLATE: &str = "chatml";
 #[derive(Debug)]
 pub(crate) struct LoadSettings {
     path: PathBuf,
-    context: u32,
+    /// Tokens of context per slot (`model.context`).
+    pub(crate) context: u32,
     pub(crate) threads: i32,
     batch: u32,
+    /// Sequences in the context (`api.parallel`).
+    pub(crate) parallel: u32,
     gpu_layers: u32,
     flash_attention: FlashAttention,
     chat_template: Option<String>,
 }
 
 impl LoadSettings {
+    /// Tokens in one batch: `model.batch`, and at least one per slot.
+    pub(crate) fn batch_tokens(&self) -> usize {
+        self.batch.max(self.parallel) as usize
+    }
+
     pub(crate) fn from_config(config: &Config) -> Self {
         let m = &config.model;
         Self {
@@ -38,6 +46,7 @@ impl LoadSettings {
             context: m.context,
             threads: i32::try_from(m.threads).unwrap_or(4),
             batch: m.batch,
+            parallel: config.api.parallel(),
             gpu_layers: m.gpu_layers,
             flash_attention: m.flash_attention(),
             chat_template: m.chat_template.clone(),
@@ -66,6 +75,13 @@ pub struct ModelInfo {
     pub context: u32,
     /// The context the model was trained with.
     pub context_train: u32,
+    /// Requests generated at once (`api.parallel`), each with `context` tokens of KV cache.
+    pub parallel: u32,
+    /// KV cache cells (tokens) in all: `context` × `parallel`.
+    pub kv_cells: u64,
+    /// Bytes of that KV cache (f16 K and V: 2 × layers × KV heads × head size × 2 bytes per
+    /// cell).
+    pub kv_bytes: u64,
     /// Which chat template applies: `gguf`, `config`, or the default's name.
     pub chat_template: String,
     /// The release version, from a `manifest.json` beside the model file.
@@ -125,6 +141,9 @@ impl LoadedModel {
             parameters: model.n_params(),
             context: settings.context,
             context_train: model.n_ctx_train(),
+            parallel: settings.parallel,
+            kv_cells: u64::from(settings.context) * u64::from(settings.parallel),
+            kv_bytes: kv_bytes_per_cell(&model) * u64::from(settings.context) * u64::from(settings.parallel),
             chat_template: template_source,
             version: None,
             sha256: None,
@@ -172,10 +191,14 @@ impl LoadedModel {
 
 /// llama.cpp context parameters for the settings, with `threads` CPU threads.
 fn context_params(settings: &LoadSettings, threads: i32) -> LlamaContextParams {
+    // One sequence per slot, each with its own `context` tokens of KV cache.
+    let batch = u32::try_from(settings.batch_tokens()).unwrap_or(u32::MAX);
     LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(settings.context))
-        .with_n_batch(settings.batch)
-        .with_n_ubatch(settings.batch.min(512))
+        .with_n_ctx(NonZeroU32::new(settings.context.saturating_mul(settings.parallel)))
+        .with_n_seq_max(settings.parallel)
+        .with_kv_unified(false)
+        .with_n_batch(batch)
+        .with_n_ubatch(batch.min(512))
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
         .with_flash_attention_policy(match settings.flash_attention {
@@ -183,6 +206,12 @@ fn context_params(settings: &LoadSettings, threads: i32) -> LlamaContextParams {
             FlashAttention::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
             FlashAttention::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
         })
+}
+
+/// Bytes one KV cell takes: K and V, f16, for every layer and KV head.
+fn kv_bytes_per_cell(model: &LlamaModel) -> u64 {
+    let head = u64::try_from(model.n_embd()).unwrap_or(0) / u64::from(model.n_head().max(1));
+    2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head * 2
 }
 
 /// The configured template, else the GGUF's if llama.cpp can apply it, else the default.

@@ -1,7 +1,8 @@
 //! The inference engine: llama.cpp on one owner thread, fed by a bounded queue.
 //!
 //! The async side holds an [`Engine`] handle. Each request carries its own event channel; the
-//! owner thread tokenizes, evaluates and samples, sending [`Event`]s back. The thread never
+//! owner thread tokenizes, evaluates and samples, sending [`Event`]s back. It runs up to
+//! `api.parallel` requests at once in one context (continuous batching, see `worker.rs`). The thread never
 //! waits on async code and async code never calls llama.cpp. A request whose receiver is dropped
 //! (the client went away) is cancelled at the next token.
 //!
@@ -10,6 +11,8 @@
 
 mod backend;
 mod loaded;
+mod plan;
+mod sampling;
 pub mod text;
 mod worker;
 
@@ -293,6 +296,8 @@ impl Engine {
             queued: std::sync::atomic::AtomicUsize::new(0),
         });
         let settings = Arc::new(loaded::LoadSettings::from_config(config));
+        metrics.slots.set(i64::from(settings.parallel));
+        metrics.kv_cells_per_slot.set(i64::from(settings.context));
         let worker = worker::Worker::new(shared.clone(), metrics.clone(), settings.clone());
         let thread = std::thread::Builder::new()
             .name("outpost-engine".into())

@@ -1,4 +1,14 @@
 //! The owner thread: the only code that touches llama.cpp after loading.
+//!
+//! Continuous batching: up to `api.parallel` generations share one llama.cpp context, each in
+//! its own sequence (a *slot*). Every step builds one batch ([`super::plan`]): the next token of
+//! every generating slot, then prompt chunks of slots still evaluating their prompt, then one
+//! `decode`, then each slot samples from its own logits with its own sampler. New requests
+//! join at the next step; a finished or cancelled one frees its slot at once.
+//!
+//! Each slot keeps the KV entries of its last request: a new request goes to the idle slot
+//! whose cached tokens share the longest prefix with its prompt (the rest are evaluated), so
+//! apps that take turns each keep their system prompt warm.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,23 +23,58 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::loaded::{LoadSettings, LoadedModel};
+use super::plan::{plan, Need};
+use super::sampling::{chosen_logprob, logprob_of, sampler_for};
 use super::text::TextStream;
-use super::{
-    Completion, Control, Event, FinishReason, Generate, GenerateError, Job, Shared, TokenLogprob, TopLogprob,
-};
+use super::{Completion, Control, Event, FinishReason, Generate, GenerateError, Job, Sampling, Shared};
 use crate::metrics::Metrics;
 
 /// How often the idle loop wakes to beat.
 const IDLE_BEAT: Duration = Duration::from_millis(250);
+
+/// One sequence of the context.
+struct Slot {
+    /// The llama.cpp sequence id.
+    seq: i32,
+    /// The tokens whose KV entries are in the sequence, from position 0.
+    cached: Vec<LlamaToken>,
+    /// When its last request ended (the least recently used idle slot is reused first).
+    last_used: Instant,
+    /// The request it is serving.
+    run: Option<Running>,
+}
+
+/// A request being served in a slot.
+struct Running {
+    /// Admission order: prompts are evaluated oldest first.
+    ticket: u64,
+    events: UnboundedSender<Event>,
+    sampling: Sampling,
+    prompt: Vec<LlamaToken>,
+    cached_tokens: u32,
+    sampler: LlamaSampler,
+    text: TextStream,
+    generated: u32,
+    token_logprobs: Vec<f32>,
+    /// The token sampled last, to be evaluated in the next batch.
+    pending: Option<LlamaToken>,
+    started: Instant,
+    waited: Duration,
+    prompt_done: Option<Instant>,
+    first_token: Option<Instant>,
+}
 
 pub(crate) struct Worker {
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     settings: Arc<LoadSettings>,
     current: Option<Box<LoadedModel>>,
-    /// The tokens whose KV entries are in sequence 0: a new prompt sharing a prefix with them
-    /// only evaluates the rest (a chat's earlier turns are not evaluated again).
-    kv_tokens: Vec<LlamaToken>,
+    slots: Vec<Slot>,
+    /// A model waiting to be swapped in once no slot is running.
+    swap: Option<Control>,
+    /// A request that needs another thread count than the running ones: admitted once they end.
+    deferred: Option<Job>,
+    tickets: u64,
     /// Test-only failpoint (`OUTPOST_FAILPOINT=engine-stall`, test builds): the thread hangs at its
     /// first request without beating, as a stuck llama.cpp would, to prove the watchdog stops.
     stall_on_request: bool,
@@ -41,30 +86,87 @@ impl Worker {
         if stall_on_request {
             tracing::warn!("failpoint engine-stall: the engine will hang at its first request");
         }
-        Self { shared, metrics, settings, current: None, kv_tokens: Vec::new(), stall_on_request }
+        let now = Instant::now();
+        let slots = (0..settings.parallel)
+            .map(|i| Slot {
+                seq: i32::try_from(i).unwrap_or(0),
+                cached: Vec::new(),
+                last_used: now,
+                run: None,
+            })
+            .collect();
+        Self {
+            shared,
+            metrics,
+            settings,
+            current: None,
+            slots,
+            swap: None,
+            deferred: None,
+            tickets: 0,
+            stall_on_request,
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.slots.iter().filter(|s| s.run.is_some()).count()
     }
 
     /// Serves until every handle is dropped.
     pub(crate) fn run(mut self, jobs: Receiver<Job>, control: Receiver<Control>) {
+        let mut batch = LlamaBatch::new(self.settings.batch_tokens(), 1);
         loop {
             self.shared.beat();
             while let Ok(message) = control.try_recv() {
-                self.handle(message);
+                self.swap = Some(message);
+            }
+            if self.running() == 0 {
+                if let Some(message) = self.swap.take() {
+                    self.handle(message);
+                }
+            }
+            self.admit(&jobs);
+            if self.running() > 0 {
+                self.step(&mut batch);
+                continue;
             }
             crossbeam_channel::select! {
                 recv(control) -> message => match message {
-                    Ok(message) => self.handle(message),
+                    Ok(message) => self.swap = Some(message),
                     Err(_) => return,
                 },
                 recv(jobs) -> job => match job {
                     Ok(job) => {
-                        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                        self.metrics.queue_depth.dec();
-                        self.serve(job);
+                        self.dequeued();
+                        self.start(job);
                     }
                     Err(_) => return,
                 },
                 default(IDLE_BEAT) => {}
+            }
+        }
+    }
+
+    fn dequeued(&self) {
+        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.queue_depth.dec();
+    }
+
+    /// Moves queued requests into free slots (not while a model swap waits).
+    fn admit(&mut self, jobs: &Receiver<Job>) {
+        while self.swap.is_none() && self.running() < self.slots.len() {
+            let job = match self.deferred.take() {
+                Some(job) => job,
+                None => match jobs.try_recv() {
+                    Ok(job) => {
+                        self.dequeued();
+                        job
+                    }
+                    Err(_) => return,
+                },
+            };
+            if !self.start(job) {
+                return;
             }
         }
     }
@@ -75,7 +177,7 @@ impl Worker {
                 let info = loaded.info.clone();
                 // The old model and its context are freed here.
                 self.current = Some(loaded);
-                self.kv_tokens.clear();
+                self.forget_caches();
                 if let Ok(mut model) = self.shared.model.write() {
                     *model = Some(info.clone());
                 }
@@ -85,19 +187,23 @@ impl Worker {
         }
     }
 
-    /// Makes the context run with the request's thread count (the power mode's limit, at most
-    /// `model.threads`), recreating it when the count changes.
-    fn apply_threads(&mut self, requested: Option<u32>) {
-        let configured = self.settings.threads;
-        let wanted =
-            requested.map_or(configured, |n| i32::try_from(n).unwrap_or(configured).clamp(1, configured));
+    fn forget_caches(&mut self) {
+        for slot in &mut self.slots {
+            slot.cached.clear();
+        }
+        self.publish_kv();
+    }
+
+    /// Makes the context run with `wanted` threads, recreating it (and losing every slot's
+    /// cache) when the count changes. Only called with no slot running.
+    fn apply_threads(&mut self, wanted: i32) {
         let Some(loaded) = self.current.take() else { return };
         if loaded.threads == wanted {
             self.current = Some(loaded);
             return;
         }
         let from = loaded.threads;
-        self.kv_tokens.clear();
+        self.forget_caches();
         match loaded.with_threads(&self.settings, wanted) {
             Ok(changed) => {
                 tracing::info!(from, to = wanted, "llama.cpp threads changed for the power mode");
@@ -116,282 +222,343 @@ impl Worker {
         }
     }
 
-    fn serve(&mut self, job: Job) {
+    /// Starts `job` in a slot; `false` if it must wait (deferred) for the running ones.
+    fn start(&mut self, job: Job) -> bool {
         let Job { request, events, queued_at } = job;
         if events.is_closed() {
-            return; // The client left while queued.
+            return true; // The client left while queued.
         }
         if self.stall_on_request {
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        let waited = queued_at.elapsed();
-        self.apply_threads(request.threads);
+        let configured = self.settings.threads;
+        let wanted = request
+            .threads
+            .map_or(configured, |n| i32::try_from(n).unwrap_or(configured).clamp(1, configured));
+        if self.current.as_ref().is_some_and(|l| l.threads != wanted) {
+            if self.running() > 0 {
+                self.deferred = Some(Job { request, events, queued_at });
+                return false;
+            }
+            self.apply_threads(wanted);
+        }
         let Some(loaded) = self.current.as_mut() else {
             let _ = events.send(Event::Failed(GenerateError::NotLoaded));
-            return;
+            return true;
         };
-        self.metrics.active.inc();
-        let shared = &self.shared;
-        let metrics = &self.metrics;
-        let kv_tokens = &mut self.kv_tokens;
+        let context = self.settings.context;
         let info = loaded.info.clone();
         let template = &loaded.template;
-        let batch = loaded.batch;
-        let outcome = loaded.cell.with_dependent_mut(|model, ctx| {
-            let run = Run { model, shared, events: &events, batch };
-            run.generate(ctx, template, &request, kv_tokens, &info)
-        });
-        self.metrics.active.dec();
-        match outcome {
-            Ok(done) => {
-                metrics.prompt_tokens.inc_by(u64::from(done.prompt_tokens));
-                metrics.completion_tokens.inc_by(u64::from(done.completion_tokens));
-                metrics.prompt_seconds.inc_by(done.prompt_time.as_secs_f64());
-                metrics.decode_seconds.inc_by(done.decode_time.as_secs_f64());
-                let evaluated = done.prompt_tokens.saturating_sub(done.cached_tokens);
-                if done.prompt_time > Duration::ZERO && evaluated > 0 {
-                    metrics
-                        .prompt_tokens_per_second
-                        .set(f64::from(evaluated) / done.prompt_time.as_secs_f64());
-                }
-                if done.decode_time > Duration::ZERO && done.completion_tokens > 1 {
-                    let rate = f64::from(done.completion_tokens - 1) / done.decode_time.as_secs_f64();
-                    metrics.decode_tokens_per_second.set(rate);
-                    metrics.decode_rate.observe(rate);
-                }
-                tracing::debug!(
-                    prompt = done.prompt_tokens,
-                    cached = done.cached_tokens,
-                    generated = done.completion_tokens,
-                    finish = ?done.finish_reason,
-                    waited_ms = waited.as_millis() as u64,
-                    "generation finished"
-                );
-                let _ = events.send(Event::Done(done));
+        let prompt = loaded.cell.with_dependent(|model, _| tokenize(model, template, &request));
+        let tokens = match prompt {
+            Ok(t) if t.is_empty() || t.len() >= context as usize => {
+                let n = u32::try_from(t.len()).unwrap_or(u32::MAX);
+                let _ =
+                    events.send(Event::Failed(GenerateError::ContextOverflow { prompt_tokens: n, context }));
+                return true;
             }
+            Ok(t) => t,
             Err(err) => {
-                if matches!(err, GenerateError::Inference(_)) {
-                    tracing::error!(%err, "generation failed");
-                }
                 let _ = events.send(Event::Failed(err));
+                return true;
             }
-        }
-    }
-}
-
-/// One generation's view of the engine.
-struct Run<'a> {
-    model: &'a LlamaModel,
-    shared: &'a Shared,
-    events: &'a UnboundedSender<Event>,
-    batch: u32,
-}
-
-impl Run<'_> {
-    fn cancelled(&self) -> bool {
-        self.events.is_closed() || self.shared.cancel_all.load(Ordering::Relaxed)
-    }
-
-    fn generate(
-        &self,
-        ctx: &mut LlamaContext<'_>,
-        template: &llama_cpp_2::model::LlamaChatTemplate,
-        request: &Generate,
-        kv_tokens: &mut Vec<LlamaToken>,
-        info: &Arc<super::ModelInfo>,
-    ) -> Result<Completion, GenerateError> {
-        let started = Instant::now();
-        let vocab = self.model.vocab();
-        let messages = request
-            .messages
-            .iter()
-            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| GenerateError::Template("a message contains a NUL character".into()))?;
-        let prompt = self
-            .model
-            .apply_chat_template(template, &messages, true)
-            .map_err(|e| GenerateError::Template(e.to_string()))?;
-        let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
-        let bos = vocab.bos();
-        if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
-            tokens.remove(0); // The template wrote BOS itself.
-        }
-        let n_ctx = ctx.n_ctx();
-        let n_prompt = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
-        if tokens.is_empty() || n_prompt >= n_ctx {
-            return Err(GenerateError::ContextOverflow { prompt_tokens: n_prompt, context: n_ctx });
-        }
-        let _ = self.events.send(Event::Started { prompt_tokens: n_prompt, model: info.clone() });
-
-        // Reuse the KV entries of the longest common prefix with the previous request.
-        let mut common = kv_tokens.iter().zip(&tokens).take_while(|(a, b)| a == b).count();
-        common = common.min(tokens.len() - 1);
-        if common < kv_tokens.len() {
+        };
+        let Some(index) = choose_slot(&self.slots, &tokens) else {
+            return false;
+        };
+        let slot = &mut self.slots[index];
+        let common = common_prefix(&slot.cached, &tokens).min(tokens.len() - 1);
+        if common < slot.cached.len() {
             let from = u32::try_from(common).unwrap_or(0);
-            if ctx.kv_cache_seq_rm(0, Some(from), None).is_err() {
-                ctx.clear_kv_cache();
-                common = 0;
-            }
-            kv_tokens.truncate(common);
-        }
-        let cached = u32::try_from(common).unwrap_or(0);
-
-        let fail = |ctx: &mut LlamaContext<'_>, kv: &mut Vec<LlamaToken>, what: String| {
-            ctx.clear_kv_cache();
-            kv.clear();
-            GenerateError::Inference(what)
-        };
-        let done =
-            |reason, generated: u32, first_token: Option<Instant>, prompt_done: Instant, lps| Completion {
-                finish_reason: reason,
-                token_logprobs: lps,
-                prompt_tokens: n_prompt,
-                cached_tokens: cached,
-                completion_tokens: generated,
-                prompt_time: prompt_done.duration_since(started),
-                decode_time: first_token.map(|t| t.elapsed()).unwrap_or_default(),
-            };
-
-        // Evaluate the prompt in chunks of `batch`, asking for logits of the last token only.
-        let chunk = usize::try_from(self.batch).unwrap_or(512).max(1);
-        let mut batch = LlamaBatch::new(chunk, 1);
-        let mut last_index = 0;
-        for (n, piece) in tokens[common..].chunks(chunk).enumerate() {
-            if self.cancelled() {
-                return Ok(done(FinishReason::Cancelled, 0, None, Instant::now(), Vec::new()));
-            }
-            batch.clear();
-            let base = common + n * chunk;
-            let last_chunk = base + piece.len() == tokens.len();
-            for (i, token) in piece.iter().enumerate() {
-                let pos = i32::try_from(base + i).unwrap_or(i32::MAX);
-                let logits = last_chunk && i + 1 == piece.len();
-                batch.add(*token, pos, &[0], logits).map_err(|e| fail(ctx, kv_tokens, e.to_string()))?;
-            }
-            ctx.decode(&mut batch).map_err(|e| fail(ctx, kv_tokens, e.to_string()))?;
-            kv_tokens.extend_from_slice(piece);
-            last_index = batch.n_tokens() - 1;
-            self.shared.beat();
-        }
-        let prompt_done = Instant::now();
-
-        let sampling = &request.sampling;
-        let mut sampler = sampler_for(sampling);
-        let mut text = TextStream::new(&sampling.stop);
-        let max_tokens = sampling.max_tokens.max(1);
-        let mut generated = 0u32;
-        let mut first_token = None;
-        let mut index = last_index;
-        let mut pos = tokens.len();
-        let mut token_logprobs = Vec::with_capacity(usize::try_from(max_tokens).unwrap_or(0).min(4096));
-        let reason = loop {
-            if self.cancelled() {
-                break FinishReason::Cancelled;
-            }
-            let token = sampler.sample(ctx, index);
-            let logprob =
-                sampling.logprobs.map(|n| logprob_of(ctx.get_logits_ith(index), token, n, self.model));
-            if vocab.is_eog(token) {
-                break FinishReason::Stop;
-            }
-            token_logprobs.push(match &logprob {
-                Some(l) => l.logprob,
-                None => chosen_logprob(ctx.get_logits_ith(index), token),
-            });
-            generated += 1;
-            first_token.get_or_insert_with(Instant::now);
-            let bytes = vocab.token_to_piece(token, false, None);
-            let released = text.push(&bytes);
-            if self.events.send(Event::Token { text: released.text, logprob }).is_err() {
-                break FinishReason::Cancelled;
-            }
-            if released.stopped {
-                break FinishReason::Stop;
-            }
-            if generated >= max_tokens || pos + 1 >= usize::try_from(n_ctx).unwrap_or(usize::MAX) {
-                break FinishReason::Length;
-            }
-            batch.clear();
-            let at = i32::try_from(pos).unwrap_or(i32::MAX);
-            batch.add(token, at, &[0], true).map_err(|e| fail(ctx, kv_tokens, e.to_string()))?;
-            ctx.decode(&mut batch).map_err(|e| fail(ctx, kv_tokens, e.to_string()))?;
-            kv_tokens.push(token);
-            pos += 1;
-            index = 0;
-            self.shared.beat();
-        };
-        let rest = text.finish();
-        if !rest.is_empty() {
-            let _ = self.events.send(Event::Token { text: rest, logprob: None });
-        }
-        Ok(done(reason, generated, first_token, prompt_done, token_logprobs))
-    }
-}
-
-/// Greedy at temperature 0, else top-k → top-p → temperature → seeded draw.
-fn sampler_for(sampling: &super::Sampling) -> LlamaSampler {
-    if sampling.temperature <= 0.0 {
-        return LlamaSampler::greedy();
-    }
-    let mut chain = Vec::new();
-    if sampling.top_k > 0 {
-        chain.push(LlamaSampler::top_k(i32::try_from(sampling.top_k).unwrap_or(i32::MAX)));
-    }
-    if sampling.top_p < 1.0 {
-        chain.push(LlamaSampler::top_p(sampling.top_p, 1));
-    }
-    chain.push(LlamaSampler::temp(sampling.temperature));
-    chain.push(LlamaSampler::dist(sampling.seed.unwrap_or_else(rand::random)));
-    LlamaSampler::chain_simple(chain)
-}
-
-/// The chosen token's log-probability under the raw distribution (one pass over the logits:
-/// about 0.2 ms for a 150k vocabulary, next to tens of ms per decoded token).
-fn chosen_logprob(logits: &[f32], chosen: LlamaToken) -> f32 {
-    logit_of(logits, chosen) - log_z(logits)
-}
-
-/// log Σ exp(logits), computed stably.
-fn log_z(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    max + sum.ln()
-}
-
-fn logit_of(logits: &[f32], token: LlamaToken) -> f32 {
-    usize::try_from(token.0).ok().and_then(|i| logits.get(i)).copied().unwrap_or(f32::NEG_INFINITY)
-}
-
-/// The chosen token's log-probability under the raw distribution and the `n` most likely tokens.
-fn logprob_of(logits: &[f32], chosen: LlamaToken, n: u8, model: &LlamaModel) -> TokenLogprob {
-    let log_z = log_z(logits);
-    let mut top: Vec<(f32, usize)> = Vec::with_capacity(usize::from(n) + 1);
-    if n > 0 {
-        for (i, &l) in logits.iter().enumerate() {
-            if top.len() < usize::from(n) || l > top[top.len() - 1].0 {
-                let at = top.partition_point(|&(v, _)| v >= l);
-                top.insert(at, (l, i));
-                top.truncate(usize::from(n));
+            let removed =
+                loaded.cell.with_dependent_mut(|_, ctx| ctx.kv_cache_seq_rm(slot.seq, Some(from), None));
+            if removed.is_err() {
+                loaded.cell.with_dependent_mut(|_, ctx| {
+                    let _ = ctx.clear_kv_cache_seq(Some(u32::try_from(slot.seq).unwrap_or(0)), None, None);
+                });
+                slot.cached.clear();
+            } else {
+                slot.cached.truncate(common);
             }
         }
+        let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+        let _ = events.send(Event::Started { prompt_tokens, model: info });
+        self.tickets += 1;
+        self.metrics.active.inc();
+        let sampling = request.sampling;
+        slot.run = Some(Running {
+            ticket: self.tickets,
+            events,
+            sampler: sampler_for(&sampling),
+            text: TextStream::new(&sampling.stop),
+            token_logprobs: Vec::with_capacity(usize::try_from(sampling.max_tokens).unwrap_or(0).min(4096)),
+            sampling,
+            prompt: tokens,
+            cached_tokens: u32::try_from(slot.cached.len()).unwrap_or(0),
+            generated: 0,
+            pending: None,
+            started: Instant::now(),
+            waited: queued_at.elapsed(),
+            prompt_done: None,
+            first_token: None,
+        });
+        true
     }
-    let vocab = model.vocab();
-    let piece = |t: LlamaToken| vocab.token_to_piece(t, true, None);
-    let chosen_logit = logit_of(logits, chosen);
-    let bytes = piece(chosen);
-    TokenLogprob {
-        token: String::from_utf8_lossy(&bytes).into_owned(),
-        logprob: chosen_logit - log_z,
-        bytes,
-        top_logprobs: top
-            .into_iter()
-            .map(|(l, i)| {
-                let bytes = piece(LlamaToken(i32::try_from(i).unwrap_or(0)));
-                TopLogprob { token: String::from_utf8_lossy(&bytes).into_owned(), logprob: l - log_z, bytes }
+
+    /// One batch: plan, evaluate, sample.
+    fn step(&mut self, batch: &mut LlamaBatch) {
+        let cancel_all = self.shared.cancel_all.load(Ordering::Relaxed);
+        for i in 0..self.slots.len() {
+            let gone = self.slots[i].run.as_ref().is_some_and(|r| cancel_all || r.events.is_closed());
+            if gone {
+                self.finish(i, FinishReason::Cancelled);
+            }
+        }
+        let mut order: Vec<(u64, Need)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let r = s.run.as_ref()?;
+                let prefill = if r.pending.is_some() { 0 } else { r.prompt.len() - s.cached.len() };
+                Some((r.ticket, Need { slot: i, decode: r.pending.is_some(), prefill }))
             })
-            .collect(),
+            .collect();
+        order.sort_by_key(|(t, _)| *t);
+        let needs: Vec<Need> = order.into_iter().map(|(_, n)| n).collect();
+        let shares = plan(&needs, self.settings.batch_tokens());
+        if shares.is_empty() {
+            return;
+        }
+        let Some(loaded) = self.current.as_mut() else {
+            for i in 0..self.slots.len() {
+                if self.slots[i].run.is_some() {
+                    self.fail(i, GenerateError::NotLoaded);
+                }
+            }
+            return;
+        };
+        // Fill the batch; remember where each slot's logits are.
+        batch.clear();
+        let mut logits_at: Vec<(usize, i32)> = Vec::new();
+        let mut added = Ok(());
+        for share in &shares {
+            let slot = &self.slots[share.slot];
+            let Some(run) = slot.run.as_ref() else { continue };
+            let base = slot.cached.len();
+            let tokens: Vec<LlamaToken> = if share.decode {
+                run.pending.into_iter().collect()
+            } else {
+                run.prompt[base..base + share.tokens].to_vec()
+            };
+            let ends_prompt = !share.decode && base + share.tokens == run.prompt.len();
+            for (k, token) in tokens.iter().enumerate() {
+                let pos = i32::try_from(base + k).unwrap_or(i32::MAX);
+                let logits = share.decode || (ends_prompt && k + 1 == tokens.len());
+                added = added.and(batch.add(*token, pos, &[slot.seq], logits).map_err(|e| e.to_string()));
+                if logits {
+                    logits_at.push((share.slot, batch.n_tokens() - 1));
+                }
+            }
+        }
+        let decoded = added.and_then(|()| {
+            loaded.cell.with_dependent_mut(|_, ctx| ctx.decode(batch).map_err(|e| e.to_string()))
+        });
+        if let Err(err) = decoded {
+            tracing::error!(%err, "batch evaluation failed; failing its requests");
+            for share in &shares {
+                let seq = self.slots[share.slot].seq;
+                loaded.cell.with_dependent_mut(|_, ctx| {
+                    let _ = ctx.clear_kv_cache_seq(Some(u32::try_from(seq).unwrap_or(0)), None, None);
+                });
+                self.slots[share.slot].cached.clear();
+                fail(&mut self.slots[share.slot], &self.metrics, GenerateError::Inference(err.clone()));
+            }
+            self.publish_kv();
+            return;
+        }
+        // What was evaluated is now cached.
+        let now = Instant::now();
+        for share in &shares {
+            let slot = &mut self.slots[share.slot];
+            let Some(run) = slot.run.as_mut() else { continue };
+            if share.decode {
+                if let Some(t) = run.pending.take() {
+                    slot.cached.push(t);
+                }
+            } else {
+                let base = slot.cached.len();
+                slot.cached.extend_from_slice(&run.prompt[base..base + share.tokens]);
+                if slot.cached.len() == run.prompt.len() {
+                    run.prompt_done = Some(now);
+                }
+            }
+        }
+        for (i, index) in logits_at {
+            let outcome = {
+                let context = self.settings.context as usize;
+                let slot = &mut self.slots[i];
+                let cached = slot.cached.len();
+                let Some(run) = slot.run.as_mut() else { continue };
+                loaded.cell.with_dependent_mut(|model, ctx| sample(model, ctx, run, index, cached, context))
+            };
+            if let Some(reason) = outcome {
+                finish(&mut self.slots[i], &self.metrics, reason);
+            }
+        }
+        self.publish_kv();
+        self.shared.beat();
     }
+
+    fn fail(&mut self, i: usize, err: GenerateError) {
+        fail(&mut self.slots[i], &self.metrics, err);
+    }
+
+    fn finish(&mut self, i: usize, reason: FinishReason) {
+        finish(&mut self.slots[i], &self.metrics, reason);
+    }
+
+    /// KV cells in use, per slot and in all.
+    fn publish_kv(&self) {
+        for slot in &self.slots {
+            self.metrics.set_kv_used(slot.seq, slot.cached.len());
+        }
+    }
+}
+
+fn fail(slot: &mut Slot, metrics: &Metrics, err: GenerateError) {
+    if let Some(run) = slot.run.take() {
+        metrics.active.dec();
+        slot.last_used = Instant::now();
+        let _ = run.events.send(Event::Failed(err));
+    }
+}
+
+/// Ends a slot's request: the rest of its text, `Done`, metrics; the slot keeps its cache.
+fn finish(slot: &mut Slot, metrics: &Metrics, reason: FinishReason) {
+    {
+        let Some(mut run) = slot.run.take() else { return };
+        slot.last_used = Instant::now();
+        metrics.active.dec();
+        let rest = run.text.finish();
+        if !rest.is_empty() {
+            let _ = run.events.send(Event::Token { text: rest, logprob: None });
+        }
+        let prompt_done = run.prompt_done.unwrap_or_else(Instant::now);
+        let done = Completion {
+            finish_reason: reason,
+            prompt_tokens: u32::try_from(run.prompt.len()).unwrap_or(u32::MAX),
+            cached_tokens: run.cached_tokens,
+            completion_tokens: run.generated,
+            prompt_time: prompt_done.duration_since(run.started),
+            decode_time: run.first_token.map(|t| t.elapsed()).unwrap_or_default(),
+            token_logprobs: std::mem::take(&mut run.token_logprobs),
+        };
+        let m = metrics;
+        m.prompt_tokens.inc_by(u64::from(done.prompt_tokens));
+        m.completion_tokens.inc_by(u64::from(done.completion_tokens));
+        m.prompt_seconds.inc_by(done.prompt_time.as_secs_f64());
+        m.decode_seconds.inc_by(done.decode_time.as_secs_f64());
+        let evaluated = done.prompt_tokens.saturating_sub(done.cached_tokens);
+        if done.prompt_time > Duration::ZERO && evaluated > 0 {
+            m.prompt_tokens_per_second.set(f64::from(evaluated) / done.prompt_time.as_secs_f64());
+        }
+        if done.decode_time > Duration::ZERO && done.completion_tokens > 1 {
+            let rate = f64::from(done.completion_tokens - 1) / done.decode_time.as_secs_f64();
+            m.decode_tokens_per_second.set(rate);
+            m.decode_rate.observe(rate);
+        }
+        tracing::debug!(
+            slot = slot.seq,
+            prompt = done.prompt_tokens,
+            cached = done.cached_tokens,
+            generated = done.completion_tokens,
+            finish = ?done.finish_reason,
+            waited_ms = run.waited.as_millis() as u64,
+            "generation finished"
+        );
+        let _ = run.events.send(Event::Done(done));
+    }
+}
+
+/// The prompt's tokens under the chat template.
+fn tokenize(
+    model: &LlamaModel,
+    template: &llama_cpp_2::model::LlamaChatTemplate,
+    request: &Generate,
+) -> Result<Vec<LlamaToken>, GenerateError> {
+    let messages = request
+        .messages
+        .iter()
+        .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| GenerateError::Template("a message contains a NUL character".into()))?;
+    let prompt = model
+        .apply_chat_template(template, &messages, true)
+        .map_err(|e| GenerateError::Template(e.to_string()))?;
+    let vocab = model.vocab();
+    let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    let bos = vocab.bos();
+    if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
+        tokens.remove(0); // The template wrote BOS itself.
+    }
+    Ok(tokens)
+}
+
+/// The idle slot for a prompt: the one whose cache shares the longest prefix with it, if that
+/// prefix is at least half of what the slot holds (as llama-server's slot similarity); else an
+/// empty slot, else the least recently used one. So an app's cached system prompt is not
+/// thrown away for another app's request that shares only the template's first tokens.
+fn choose_slot(slots: &[Slot], prompt: &[LlamaToken]) -> Option<usize> {
+    let idle = || (0..slots.len()).filter(|&i| slots[i].run.is_none());
+    let best = idle()
+        .max_by_key(|&i| (common_prefix(&slots[i].cached, prompt), std::cmp::Reverse(slots[i].last_used)))?;
+    let common = common_prefix(&slots[best].cached, prompt);
+    if common > 0 && common * 2 >= slots[best].cached.len() {
+        return Some(best);
+    }
+    idle().min_by_key(|&i| (!slots[i].cached.is_empty(), slots[i].last_used))
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Samples slot's next token from the logits at `index`, sends its text; the reason to stop, if
+/// any. `cached`: tokens in the slot's sequence; `context`: the slot's window.
+fn sample(
+    model: &LlamaModel,
+    ctx: &mut LlamaContext<'_>,
+    run: &mut Running,
+    index: i32,
+    cached: usize,
+    context: usize,
+) -> Option<FinishReason> {
+    let vocab = model.vocab();
+    let token = run.sampler.sample(ctx, index);
+    let logprob = run.sampling.logprobs.map(|n| logprob_of(ctx.get_logits_ith(index), token, n, model));
+    if vocab.is_eog(token) {
+        return Some(FinishReason::Stop);
+    }
+    run.token_logprobs.push(match &logprob {
+        Some(l) => l.logprob,
+        None => chosen_logprob(ctx.get_logits_ith(index), token),
+    });
+    run.generated += 1;
+    run.first_token.get_or_insert_with(Instant::now);
+    let bytes = vocab.token_to_piece(token, false, None);
+    let released = run.text.push(&bytes);
+    if run.events.send(super::Event::Token { text: released.text, logprob }).is_err() {
+        return Some(FinishReason::Cancelled);
+    }
+    if released.stopped {
+        return Some(FinishReason::Stop);
+    }
+    if run.generated >= run.sampling.max_tokens.max(1) || cached + 1 >= context {
+        return Some(FinishReason::Length);
+    }
+    run.pending = Some(token);
+    None
 }

@@ -191,9 +191,10 @@ mod tests {
             let score = model.score(prompt).expect("score");
             assert_eq!(score.tokens as u64, v["n_tokens"].as_u64().expect("n_tokens"), "{prompt}");
             let expected = v["complexity"].as_f64().expect("complexity") as f32;
-            // ONNX Runtime's int8 kernels differ by CPU (AVX-512 VNNI on AMD EPYC, AMX on
-            // Sapphire Rapids): between the two machine kinds here the complexity moved by
-            // 2.8e-3 and embedding components by up to 3.3e-3. Tolerances allow 5e-3 and 1e-2.
+            // ONNX Runtime's int8 kernels differ by CPU (the vectors were recorded on an Intel
+            // Sapphire Rapids with AMX; on an AMD EPYC with AVX-512 VNNI the complexity moved by
+            // 2.8e-3 and embedding components by up to 1.3e-2). A pipeline error (pooling,
+            // tokenizer, truncation) moves them by far more.
             assert!(
                 (score.complexity - expected).abs() < 5e-3,
                 "{prompt}: {} vs {expected}",
@@ -203,7 +204,7 @@ mod tests {
             assert!((norm - 1.0).abs() < 1e-3, "embedding is L2-normalized: {norm}");
             for (got, want) in score.embedding.iter().zip(v["embedding_head8"].as_array().expect("head8")) {
                 let want = want.as_f64().expect("f64") as f32;
-                assert!((got - want).abs() < 1e-2, "{prompt}: embedding {got} vs {want}");
+                assert!((got - want).abs() < 2.5e-2, "{prompt}: embedding {got} vs {want}");
             }
         }
     }
