@@ -213,6 +213,12 @@ impl WaveRun<'_> {
         let mut waiting: BTreeMap<String, (String, Instant)> = BTreeMap::new();
         for device in work.send.iter().chain(&work.reawait) {
             let Some(id) = jobs.get(device) else { continue };
+            if work.reawait.contains(device) {
+                self.out.line(&format!(
+                    "wave {:<3} {device:<16} re-awaiting job {id} sent by an earlier run",
+                    self.wave + 1
+                ));
+            }
             self.state.set(device, DeviceState::Sent, None)?;
             self.send(device, id)?;
             waiting.insert(device.clone(), (id.clone(), Instant::now() + self.req.timeout_per_device));
@@ -310,6 +316,7 @@ fn summary(rows: &[DeviceRow], outcome: &str, failures: usize, threshold: usize)
     let untouched = names(&|s| matches!(s, DeviceState::Pending | DeviceState::Sent));
     match outcome {
         "aborted" => println!("rollout aborted: {failures} failure(s) reached the threshold of {threshold}"),
+        _ if failures > 0 => println!("rollout completed with {failures} failure(s)"),
         _ => println!("rollout completed"),
     }
     for (label, list) in [("succeeded", succeeded), ("failed", failed), ("not updated", untouched)] {
