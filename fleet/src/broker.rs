@@ -71,6 +71,11 @@ impl Broker {
         let address = format!("{}:{}", settings.host, settings.port);
         let options = connect::options(settings, client_id, true, None)?;
         let (client, mut connection) = Client::new(options, 64);
+        // Commands are small and latency matters more than packet count: without this, Nagle
+        // and the broker's delayed ACK hold each command back ~40 ms.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        connection.eventloop.set_network_options(network);
         let (tx, events) = sync_channel(CHANNEL);
         let filters: Arc<Mutex<Vec<String>>> = Arc::default();
         let (resubscribe, renewed) = (client.clone(), filters.clone());
