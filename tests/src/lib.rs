@@ -308,3 +308,26 @@ pub fn updater(args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Path of the `outpost-fleet` binary (built by `cargo build --workspace`).
+pub fn fleet_bin() -> PathBuf {
+    bin_dir().join("outpost-fleet")
+}
+
+/// Signs a full release of `model` as `version` for the `test-board` class with `key`, into
+/// `out` (`out/manifest.json` and the artifact), with `outpost-updater release`.
+pub fn release(key: &Path, model: &Path, version: &str, out: &Path) {
+    updater(&[
+        "release",
+        "--key",
+        key.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--version",
+        version,
+        "--device-class",
+        "test-board",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+}

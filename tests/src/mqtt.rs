@@ -69,6 +69,8 @@ impl Broker {
         std::fs::write(
             &config,
             format!(
+                // `user root`: started as root (CI is), mosquitto would otherwise switch to the
+                // `mosquitto` user, which cannot read the test's keys (0600) or write its state.
                 "user root\nper_listener_settings false\npersistence true\npersistence_location {dir}/\nautosave_interval 1\n\
                  listener {port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n\
                  require_certificate true\nuse_identity_as_username true\nallow_anonymous false\nacl_file {c}/acl\n\

@@ -7,7 +7,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
-use outpost_e2e::{tiny_model, updater, updater_output as run, Daemon};
+use outpost_e2e::{release, tiny_model, updater, updater_output as run, Daemon};
 use serde_json::json;
 
 /// A store with v1 committed, the runtime serving it, and the updater configured to try new
@@ -100,22 +100,6 @@ fn write_config(config: &Path, store: &Path, public: &Path, socket: &Path) {
         ),
     )
     .unwrap();
-}
-
-fn release(key: &Path, model: &Path, version: &str, out: &Path) {
-    updater(&[
-        "release",
-        "--key",
-        key.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--version",
-        version,
-        "--device-class",
-        "test-board",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
 }
 
 #[test]

@@ -179,6 +179,10 @@ pub struct Status {
     /// Updater: the update in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateProgress>,
+    /// The groups whose commands this component takes (`[mqtt] groups`), so that an operator
+    /// can tell a group's members from the retained statuses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl Status {

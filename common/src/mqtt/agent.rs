@@ -274,6 +274,7 @@ impl Agent {
         status.component = Some(self.inner.topics.component());
         status.version = Some(self.inner.version.clone());
         status.time = Some(unix_now());
+        status.groups = self.inner.groups.clone();
         let Ok(payload) = serde_json::to_vec(&status) else { return };
         let _ = self.inner.client.publish(self.inner.topics.status(), QoS::AtLeastOnce, true, payload).await;
     }
