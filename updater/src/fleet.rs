@@ -6,6 +6,7 @@
 //! runtime, and each job's blocking work on a blocking thread. One job touches the store at a
 //! time (the store's lock): a second `update` while one runs fails with the lock's error.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -30,6 +31,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(8);
 /// The running agent: stop it with [`FleetAgent::stop`].
 pub struct FleetAgent {
     shutdown: CancellationToken,
+    /// Set at stop: a running update's download stops (its partial file kept for resuming).
+    cancel: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -40,6 +43,8 @@ impl FleetAgent {
         let Some(mqtt) = settings.mqtt.clone() else { return Ok(None) };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel_jobs = cancel.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("fleet".into())
@@ -54,8 +59,11 @@ impl FleetAgent {
                 };
                 rt.block_on(async move {
                     let tasks = TaskTracker::new();
-                    let handler =
-                        Arc::new(UpdaterFleet { settings: Arc::new(settings), progress: Arc::default() });
+                    let handler = Arc::new(UpdaterFleet {
+                        settings: Arc::new(settings),
+                        progress: Arc::default(),
+                        cancel: cancel_jobs,
+                    });
                     let started = Agent::start(
                         &mqtt,
                         Component::Updater,
@@ -77,12 +85,13 @@ impl FleetAgent {
             })
             .map_err(|e| MqttError::State { path: std::path::PathBuf::from("(thread)"), source: e })?;
         ready_rx.recv().unwrap_or(Ok(()))?;
-        Ok(Some(Self { shutdown, thread }))
+        Ok(Some(Self { shutdown, cancel, thread }))
     }
 
     /// Stops the agent: running jobs finish (bounded), the status says offline, and the
     /// thread is joined.
     pub fn stop(self) {
+        self.cancel.store(true, Ordering::SeqCst);
         self.shutdown.cancel();
         if self.thread.join().is_err() {
             tracing::error!("fleet agent thread panicked");
@@ -94,6 +103,8 @@ struct UpdaterFleet {
     settings: Arc<Settings>,
     /// The update in progress, for the status.
     progress: Arc<Mutex<Option<UpdateProgress>>>,
+    /// Set when the daemon stops.
+    cancel: Arc<AtomicBool>,
 }
 
 impl Handler for UpdaterFleet {
@@ -104,6 +115,7 @@ impl Handler for UpdaterFleet {
     fn run(&self, job: Job) -> BoxFuture<'static, Result<Value, JobError>> {
         let settings = self.settings.clone();
         let progress = self.progress.clone();
+        let cancel = self.cancel.clone();
         Box::pin(async move {
             match job.cmd.as_str() {
                 "update" => {
@@ -136,7 +148,7 @@ impl Handler for UpdaterFleet {
                                 sender.send(json!({ "step": "fetching", "bytes_done": p.done, "bytes_total": p.total }));
                             }
                         };
-                        let hooks = Hooks { cancel: None, progress: Some(&mut on_progress) };
+                        let hooks = Hooks { cancel: Some(cancel), progress: Some(&mut on_progress) };
                         let result = update::apply_source(&settings, &Source::Url(url), SystemTime::now(), hooks);
                         set(None);
                         result
