@@ -54,6 +54,8 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     let options = request.outpost.unwrap_or_default();
     let stream = request.streaming();
     let include_usage = request.include_usage();
+    // Something only the cloud can answer (tool calling, for now).
+    let cloud_only = request.needs_cloud();
     let mut generate = request.into_generate(&state.config.generation)?;
     // The cache key is the request as asked, before any power-mode limit.
     let query = state.cache.as_ref().map(|_| Query::new(&generate.messages, &generate.sampling));
@@ -90,8 +92,9 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
 
     generate.sampling.max_tokens = pre.limits.max_tokens;
     generate.threads = pre.limits.threads;
-    let early = (pre.route == Route::Local && options.route != Some(RouteOverride::Cloud))
-        .then(|| state.engine.submit(generate.clone()));
+    let early =
+        (pre.route == Route::Local && options.route != Some(RouteOverride::Cloud) && cloud_only.is_none())
+            .then(|| state.engine.submit(generate.clone()));
 
     let score = match &state.router {
         Some(router) => match router.score(routing_text(&generate.messages)).await {
@@ -136,6 +139,20 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     };
     let request = Request { state, raw, generate, stream, include_usage, inputs, remember };
 
+    if let (Some(what), Route::Local | Route::Cache) = (cloud_only, decision.route) {
+        drop(early);
+        if decision.cloud_allowed && request.state.cloud.is_configured() {
+            report.route = Route::Cloud;
+            report.reasons.push(format!("`{what}` is not supported by the local engine; sent to the cloud"));
+            return request.cloud(report, false).await;
+        }
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "`{what}` is not supported by the local engine yet, and this request may not go to the cloud"
+            ),
+            param: Some(what),
+        });
+    }
     let result = match decision.route {
         Route::Local | Route::Cache => {
             let events = match early {
