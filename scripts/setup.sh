@@ -32,8 +32,8 @@ fi
 # ONNX Runtime's shared library for the router (from the onnxruntime wheel on PyPI).
 ./scripts/fetch_onnxruntime.sh
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, httpx" >/dev/null 2>&1; then
-  echo "setup: creating .venv with the openai client" >&2
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, httpx, ollama" >/dev/null 2>&1; then
+  echo "setup: creating .venv with the openai and ollama clients" >&2
   python3 -m venv .venv || { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv && python3 -m venv .venv; }
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r tests/python/requirements.txt

@@ -191,3 +191,21 @@ fn errors_reach_a_client_that_sends_its_body_after_the_headers() {
         }
     }
 }
+
+#[test]
+fn official_ollama_python_client() {
+    let daemon = Daemon::start(&tiny_model(3), "[cache]\nenabled = false\n");
+    let script = outpost_e2e::repo_root().join("tests/python/ollama_client.py");
+    let out =
+        std::process::Command::new(outpost_e2e::python()).arg(&script).arg(&daemon.socket).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ollama client failed (scripts/setup.sh installs it):\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    for call in ["list", "chat", "stream", "generate", "format", "embed", "error"] {
+        assert!(stdout.contains(&format!("{call} ok")), "{stdout}");
+    }
+}
