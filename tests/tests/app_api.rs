@@ -73,13 +73,40 @@ fn json_schema_output_follows_the_schema_streamed_and_not() {
     let bad = daemon
         .chat(&json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}));
     assert_eq!((bad.status, bad.json()["error"]["param"].as_str()), (400, Some("response_format")));
-    let tools = daemon.chat(&json!({"messages": [{"role": "user", "content": "x"}],
-        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}));
+    // A required tool call: the arguments follow the function's schema, whatever the weights.
+    let weather = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Lyon"]}},
+                       "required": ["city"], "additionalProperties": false}}}]);
+    for stream in [false, true] {
+        let r = daemon
+            .chat(&json!({"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": weather,
+            "tool_choice": "required", "max_tokens": 400, "temperature": 1.0, "seed": 5, "stream": stream}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let call = if stream {
+            let chunks: Vec<Value> =
+                r.sse_data().iter().filter_map(|d| serde_json::from_str(d).ok()).collect();
+            assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"), "{chunks:?}");
+            chunks
+                .iter()
+                .find_map(|c| c["choices"][0]["delta"]["tool_calls"][0].as_object().cloned())
+                .map(Value::Object)
+                .unwrap()
+        } else {
+            let j = r.json();
+            assert_eq!(j["choices"][0]["finish_reason"], "tool_calls", "{j}");
+            j["choices"][0]["message"]["tool_calls"][0].clone()
+        };
+        assert_eq!(call["function"]["name"], "get_weather", "{call}");
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(["Paris", "Lyon"].contains(&args["city"].as_str().unwrap()), "{args}");
+    }
+    let unknown = daemon.chat(&json!({"messages": [{"role": "user", "content": "x"}], "tools": weather,
+        "tool_choice": {"type": "function", "function": {"name": "nope"}}}));
     assert_eq!(
-        (tools.status, tools.json()["error"]["param"].as_str()),
+        (unknown.status, unknown.json()["error"]["param"].as_str()),
         (400, Some("tools")),
         "{}",
-        tools.text()
+        unknown.text()
     );
     let bias =
         daemon.chat(&json!({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"99999999": 5}}));

@@ -34,3 +34,14 @@ fn the_demo_question_is_answered_with_paris_and_json_follows_its_schema() {
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
     assert!(v["city"].is_string() && v["country"].is_string(), "{v}");
 }
+
+#[test]
+fn the_openai_client_tool_loop_works_on_the_real_model() {
+    let daemon = Daemon::start(&smollm2(), "[model]\nthreads = 2\n");
+    let script = repo_root().join("tests/python/openai_tools.py");
+    let out =
+        std::process::Command::new(outpost_e2e::python()).arg(&script).arg(&daemon.socket).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    assert!(stdout.contains("call ok") && stdout.contains("answer ok"), "{stdout}");
+}

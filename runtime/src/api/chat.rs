@@ -42,6 +42,8 @@ struct Request {
     inputs: Inputs,
     /// Keeps the answer in the response cache, when there is one.
     remember: Option<Remember>,
+    /// The answer may be a tool call (`Some(parallel_tool_calls)`).
+    tools: Option<bool>,
 }
 
 /// The handler.
@@ -54,11 +56,15 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     let options = request.outpost.unwrap_or_default();
     let stream = request.streaming();
     let include_usage = request.include_usage();
-    // Something only the cloud can answer (tool calling, for now).
-    let cloud_only = request.needs_cloud();
+    // Tool calls: no cache (neither read nor written), no cascade, the answer parsed into calls.
+    let tools = request.tools_active();
     let mut generate = request.into_generate(&state.config.generation)?;
     // The cache key is the request as asked, before any power-mode limit.
-    let query = state.cache.as_ref().map(|_| Query::new(&generate.messages, &generate.sampling));
+    let query = state
+        .cache
+        .as_ref()
+        .filter(|_| tools.is_none())
+        .map(|_| Query::new(&generate.messages, &generate.sampling));
     let read_mode =
         response_cache::read_mode(&state.config.cache, state.cloud.connectivity(), &generate.sampling);
 
@@ -92,9 +98,8 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
 
     generate.sampling.max_tokens = pre.limits.max_tokens;
     generate.threads = pre.limits.threads;
-    let early =
-        (pre.route == Route::Local && options.route != Some(RouteOverride::Cloud) && cloud_only.is_none())
-            .then(|| state.engine.submit(generate.clone()));
+    let early = (pre.route == Route::Local && options.route != Some(RouteOverride::Cloud))
+        .then(|| state.engine.submit(generate.clone()));
 
     let score = match &state.router {
         Some(router) => match router.score(routing_text(&generate.messages)).await {
@@ -137,22 +142,8 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
         }),
         _ => None,
     };
-    let request = Request { state, raw, generate, stream, include_usage, inputs, remember };
+    let request = Request { state, raw, generate, stream, include_usage, inputs, remember, tools };
 
-    if let (Some(what), Route::Local | Route::Cache) = (cloud_only, decision.route) {
-        drop(early);
-        if decision.cloud_allowed && request.state.cloud.is_configured() {
-            report.route = Route::Cloud;
-            report.reasons.push(format!("`{what}` is not supported by the local engine; sent to the cloud"));
-            return request.cloud(report, false).await;
-        }
-        return Err(ApiError::InvalidRequest {
-            message: format!(
-                "`{what}` is not supported by the local engine yet, and this request may not go to the cloud"
-            ),
-            param: Some(what),
-        });
-    }
     let result = match decision.route {
         Route::Local | Route::Cache => {
             let events = match early {
@@ -272,6 +263,18 @@ impl Request {
             Some(_) | None => return Err(ApiError::ShuttingDown),
         };
         let meta = Meta::new(model.id.clone());
+        if let Some(parallel) = self.tools {
+            // The answer is parsed whole: a call's arguments cannot be told from text earlier.
+            let answer = local::collect(events).await?;
+            local::count_answer(&self.state.metrics, &answer.done, self.price());
+            let body = super::tools::answer(answer.body(&meta, &report), parallel);
+            let response = if self.stream {
+                super::tools::as_stream(&meta, &body, self.include_usage).into_response()
+            } else {
+                Json(body).into_response()
+            };
+            return Ok(with_route(response, &report, &self.state));
+        }
         if self.stream {
             let sse = local::stream(
                 meta,

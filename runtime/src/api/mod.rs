@@ -15,6 +15,7 @@ pub mod report;
 pub mod socket;
 mod status;
 mod tokens;
+mod tools;
 
 use std::collections::HashSet;
 use std::sync::Arc;

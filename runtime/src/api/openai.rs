@@ -81,9 +81,15 @@ pub struct ChatRequest {
     /// Token id (as a string) → bias, -100 to 100.
     #[serde(default)]
     pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
-    /// Tool definitions: not answered locally yet (see [`ChatRequest::needs_cloud`]).
+    /// Tool definitions (see `api/tools.rs`).
     #[serde(default)]
     pub tools: Option<Vec<Value>>,
+    /// `auto`, `none`, `required` or `{"type": "function", "function": {"name"}}`.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Several calls in one answer (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// The grammar for `{"type": "json_object"}`: any JSON object (llama.cpp's converter on the
@@ -134,6 +140,12 @@ pub struct RequestMessage {
     /// Text, or a list of content parts of which the text parts are used.
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's tool calls.
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+    /// A tool message's call id.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 /// Message content: a string or content parts.
@@ -244,6 +256,15 @@ impl ChatRequest {
             if content.contains('\0') {
                 return Err(invalid("messages", format!("messages[{i}].content contains a NUL character")));
             }
+            // Tool calls and results as text every chat template can render.
+            let (role, content) = match role {
+                "assistant" if m.tool_calls.is_some() => {
+                    let calls = super::tools::calls_as_text(m.tool_calls.as_ref().unwrap_or(&Value::Null));
+                    ("assistant", format!("{content}{calls}"))
+                }
+                "tool" => ("user", super::tools::result_as_text(&content, m.tool_call_id.as_deref())),
+                other => (other, content),
+            };
             messages.push(ChatMessage { role: role.to_owned(), content });
         }
 
@@ -293,6 +314,26 @@ impl ChatRequest {
         } else if self.top_logprobs.is_some_and(|n| n > 0) {
             return Err(invalid("top_logprobs", "top_logprobs requires logprobs: true"));
         }
+        let tools = match &self.tools {
+            Some(list) if !list.is_empty() => {
+                super::tools::prepare(list, self.tool_choice.as_ref(), self.parallel_tool_calls)?
+            }
+            _ => None,
+        };
+        if let Some(tools) = &tools {
+            match messages.iter_mut().find(|m| m.role == "system") {
+                Some(system) => system.content = format!("{}\n\n{}", system.content, tools.prompt),
+                None => {
+                    messages.insert(0, ChatMessage { role: "system".into(), content: tools.prompt.clone() })
+                }
+            }
+            if tools.grammar.is_some() && (self.response_format.is_some() || self.grammar.is_some()) {
+                return Err(invalid(
+                    "tool_choice",
+                    "a required tool call cannot also follow response_format or grammar",
+                ));
+            }
+        }
         apply_sampling_extras(
             &mut sampling,
             Extras {
@@ -305,13 +346,18 @@ impl ChatRequest {
                 logit_bias: self.logit_bias,
             },
         )?;
+        if let Some(grammar) = tools.and_then(|t| t.grammar) {
+            sampling.grammar = Some(grammar);
+        }
         Ok(Generate { messages, raw_prompt: None, sampling, threads: None })
     }
 
-    /// What the local engine cannot answer (the request then goes to the cloud when the policy
-    /// allows it, else gets a 400 naming it): tool calling, for now.
-    pub fn needs_cloud(&self) -> Option<&'static str> {
-        self.tools.as_ref().is_some_and(|t| !t.is_empty()).then_some("tools")
+    /// `Some(parallel_tool_calls)` when the answer may be a tool call (tools given,
+    /// `tool_choice` not `none`).
+    pub fn tools_active(&self) -> Option<bool> {
+        let active = self.tools.as_ref().is_some_and(|t| !t.is_empty())
+            && self.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
+        active.then(|| self.parallel_tool_calls.unwrap_or(true))
     }
 }
 
