@@ -45,6 +45,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+#[allow(clippy::result_large_err)] // the error is the response itself, built once
 fn parse(body: &[u8]) -> Result<Map<String, Value>, Response> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
@@ -105,6 +106,7 @@ async fn openai(state: &AppState, path: &str, body: Value) -> Response {
 }
 
 /// Turns an OpenAI error response into Ollama's shape; passes success through.
+#[allow(clippy::result_large_err)]
 async fn ollama_error(response: Response) -> Result<Response, Response> {
     if response.status().is_success() {
         return Ok(response);

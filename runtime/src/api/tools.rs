@@ -178,50 +178,6 @@ pub fn parse_calls(text: &str) -> Option<(String, Vec<Value>)> {
     (!calls.is_empty()).then(|| (rest.trim().to_owned(), calls))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_common_call_formats() {
-        let (rest, calls) = parse_calls(
-            "Sure.<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
-        )
-        .unwrap_or_default();
-        assert_eq!(rest, "Sure.");
-        assert_eq!(calls[0]["function"]["name"], "weather");
-        assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
-        let (_, calls) = parse_calls("{\"name\": \"f\", \"parameters\": {\"x\": 1}}").unwrap_or_default();
-        assert_eq!(calls[0]["function"]["arguments"], "{\"x\":1}");
-        let (_, calls) = parse_calls(
-            "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {}}, {\"name\": \"b\", \"arguments\": {}}]",
-        )
-        .unwrap_or_default();
-        assert_eq!(calls.len(), 2);
-        assert!(parse_calls("The capital of France is Paris.").is_none());
-        assert!(parse_calls("{\"city\": \"Paris\"}").is_none(), "JSON without a name is no call");
-    }
-
-    #[test]
-    fn required_and_named_calls_get_a_grammar_none_gets_no_tools() {
-        let tools = vec![json!({"type": "function", "function": {"name": "weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})];
-        let named =
-            prepare(&tools, Some(&json!({"type": "function", "function": {"name": "weather"}})), None);
-        let grammar = named.ok().flatten().and_then(|t| t.grammar).unwrap_or_default();
-        assert!(grammar.starts_with("root ::= \"<tool_call>\\n\" tool-call-json"), "{grammar}");
-        assert!(prepare(&tools, Some(&json!("none")), None).ok().flatten().is_none());
-        assert!(prepare(&tools, Some(&json!("auto")), None)
-            .ok()
-            .flatten()
-            .is_some_and(|t| t.grammar.is_none()));
-        assert!(
-            prepare(&tools, Some(&json!({"type": "function", "function": {"name": "nope"}})), None).is_err()
-        );
-        assert!(prepare(&[json!({"type": "retrieval"})], None, None).is_err());
-    }
-}
-
 /// A local chat completion with its text parsed: calls become `tool_calls` (`content` keeps
 /// any text around them, else null) and `finish_reason` becomes `tool_calls`.
 pub fn answer(mut body: Value, parallel: bool) -> Value {
@@ -271,4 +227,48 @@ pub fn as_stream(
     }
     events.push(Ok(Event::default().data("[DONE]")));
     axum::response::sse::Sse::new(futures::stream::iter(events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_common_call_formats() {
+        let (rest, calls) = parse_calls(
+            "Sure.<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+        )
+        .unwrap_or_default();
+        assert_eq!(rest, "Sure.");
+        assert_eq!(calls[0]["function"]["name"], "weather");
+        assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+        let (_, calls) = parse_calls("{\"name\": \"f\", \"parameters\": {\"x\": 1}}").unwrap_or_default();
+        assert_eq!(calls[0]["function"]["arguments"], "{\"x\":1}");
+        let (_, calls) = parse_calls(
+            "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {}}, {\"name\": \"b\", \"arguments\": {}}]",
+        )
+        .unwrap_or_default();
+        assert_eq!(calls.len(), 2);
+        assert!(parse_calls("The capital of France is Paris.").is_none());
+        assert!(parse_calls("{\"city\": \"Paris\"}").is_none(), "JSON without a name is no call");
+    }
+
+    #[test]
+    fn required_and_named_calls_get_a_grammar_none_gets_no_tools() {
+        let tools = vec![json!({"type": "function", "function": {"name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})];
+        let named =
+            prepare(&tools, Some(&json!({"type": "function", "function": {"name": "weather"}})), None);
+        let grammar = named.ok().flatten().and_then(|t| t.grammar).unwrap_or_default();
+        assert!(grammar.starts_with("root ::= \"<tool_call>\\n\" tool-call-json"), "{grammar}");
+        assert!(prepare(&tools, Some(&json!("none")), None).ok().flatten().is_none());
+        assert!(prepare(&tools, Some(&json!("auto")), None)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.grammar.is_none()));
+        assert!(
+            prepare(&tools, Some(&json!({"type": "function", "function": {"name": "nope"}})), None).is_err()
+        );
+        assert!(prepare(&[json!({"type": "retrieval"})], None, None).is_err());
+    }
 }
