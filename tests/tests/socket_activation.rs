@@ -119,7 +119,6 @@ fn serves_on_the_socket_systemd_passes() {
 }
 
 #[test]
-#[ignore = "needs serve.rs to call socket::remove instead of std::fs::remove_file (packaging/README.md, hooks)"]
 fn the_socket_units_file_outlives_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("outpost.sock");
