@@ -61,7 +61,9 @@ fn status_is_retained_and_the_last_will_follows_a_kill_9() {
     // The agent may connect before the model is loaded: the status is republished once it is.
     let status = op
         .wait_for("status with the model", T, |m| {
-            m.topic == "outpost/pi-a/runtime/status" && m.json["online"] == true && m.json["model"]["id"].is_string()
+            m.topic == "outpost/pi-a/runtime/status"
+                && m.json["online"] == true
+                && m.json["model"]["id"].is_string()
         })
         .json;
     assert_eq!(status["schema"], 1);
