@@ -436,6 +436,7 @@ def run_all(args, work, result, have_server, have_bench):
         workload = make_workload(args, sizer)
 
     proc, sock_path, ready, notes = start_outpost(args, work)
+    parallel = "unset (this build has no api.parallel)" if notes else str(args.parallel)
     try:
         log(f"outpost READY=1 after {ready * 1000:.0f} ms")
         op = measure(sock_path, workload, args)
@@ -444,6 +445,7 @@ def run_all(args, work, result, have_server, have_bench):
     finally:
         stop(proc)
     op["flash_attn"] = args.flash_attn or "default (model.flash_attention unset: off on the CPU)"
+    op["parallel"] = parallel
     result["notes"] += notes
     return ls, op, sizer
 
@@ -542,7 +544,7 @@ def main():
         facts = ls["facts"]
         print(f"- llama-server: flash attention {facts.get('flash_attn', '?')}; {facts.get('slots', '?')}; "
               f"`{ls['command']}`")
-    print(f"- Outpost: flash attention {op['flash_attn']}; api.parallel {args.parallel}; response cache off; "
+    print(f"- Outpost: flash attention {op['flash_attn']}; api.parallel {op['parallel']}; response cache off; "
           + ("router on (its scoring time is included)" if args.router else "router off (pure engine comparison)"))
     print(f"- tokens decoded per one-stream request: llama-server {ls['decode_tokens'] if ls else '-'}, "
           f"Outpost {op['decode_tokens']} (max_tokens {args.max_tokens})")
