@@ -26,7 +26,12 @@ one-stream decode within 0.95x of tg64).
 
 Outpost runs with the response cache off (`cache.enabled = false`, so no answer comes from the
 cache) and, unless --router, the router off (`router.enabled = false`): a pure engine comparison.
-Flash attention: each side's default unless --flash-attn, which sets both (and llama-bench).
+Flash attention: each side's default unless --flash-attn, which sets both (and llama-bench); the
+notes under the table say what each side used (llama-server's from its log, hence its `-lv 4`).
+llama-server runs as `-m MODEL -t T -tb T -c CONTEXT*P -np P --no-webui` (P slots of CONTEXT
+tokens each, like Outpost's `model.context` per request) and otherwise its defaults: continuous
+batching, its RAM prompt cache (`--cache-ram`), flash attention `auto`. An Outpost build that does
+not know `api.parallel` yet is started again without it, and a note says so.
 
     scripts/bench_serving.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2 \\
         --parallel 4 [--outpost-bin target/release/outpost] [--llama-server PATH] \\
@@ -114,7 +119,8 @@ def run_llama_bench(args):
             res["pp512"] = entry["avg_ts"]
         elif entry.get("n_gen") == 64 and entry.get("n_prompt") == 0:
             res["tg64"] = entry["avg_ts"]
-        res["flash_attn"] = entry.get("flash_attn")
+        fa = entry.get("flash_attn")
+        res["flash_attn"] = {-1: "auto", 0: "off", 1: "on", True: "on", False: "off"}.get(fa, fa)
         res["build_commit"] = entry.get("build_commit")
         res["cpu_info"] = entry.get("cpu_info")
     return res
@@ -124,7 +130,10 @@ def start_llama_server(args, work):
     port = free_port()
     cmd = [args.llama_server, "-m", args.model, "-t", str(args.threads), "-tb", str(args.threads),
            "-c", str(args.context * args.parallel), "-np", str(args.parallel), "--no-webui",
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port),
+           # Log level 4 (debug) adds the llama_context lines (how flash attention was resolved) at
+           # start and a few lines per request, none per token.
+           "-lv", "4"]
     if args.flash_attn:
         cmd += ["-fa", args.flash_attn]
     log(f"llama-server: {' '.join(cmd)}")
@@ -148,7 +157,7 @@ def start_llama_server(args, work):
             stop(proc)
             raise RuntimeError("llama-server not healthy after 300 s")
         time.sleep(0.2)
-    return proc, target, time.perf_counter() - t0, log_path
+    return proc, target, time.perf_counter() - t0, log_path, cmd
 
 
 def llama_server_facts(log_path):
@@ -375,16 +384,13 @@ def rows_of(args, ls, op):
         return m
 
     def n_of(size):
-        for m in (ls, op):
-            n = get(m, "prompt", size, "prompt_n")
-            if n:
-                return f"{statistics.median(n):.0f}"
-        return f"~{size}"
+        ns = [get(m, "prompt", size, "prompt_n") for m in (ls, op)]
+        return " / ".join("-" if not n else f"{statistics.median(n):.0f}" for n in ns)
 
     rows = [("decode_tps", "decode tok/s, one stream (server timings)", get(ls, "decode_tps"), get(op, "decode_tps"),
              "rate")]
     for size in args.prompt_sizes:
-        rows.append((f"prompt_tps_{size}", f"prompt tok/s, cold ~{size}-token prompt ({n_of(size)} evaluated; server timings)",
+        rows.append((f"prompt_tps_{size}", f"prompt tok/s, cold ~{size}-token prompt ({n_of(size)} tokens evaluated; server timings)",
                      get(ls, "prompt", size, "tps"), get(op, "prompt", size, "tps"), "rate"))
     rows += [
         ("concurrent_tps", f"{args.parallel} concurrent streams, aggregate tok/s",
@@ -404,6 +410,44 @@ def fmt(v, kind):
     if v is None:
         return "-"
     return f"{v:.0f}" if kind == "time" else f"{v:.1f}"
+
+
+def run_all(args, work, result, have_server, have_bench):
+    """llama-bench, then llama-server, then Outpost, one at a time. Returns (llama-server's
+    measurements or None, Outpost's, the prompt Sizer)."""
+    if have_bench:
+        result["llama_bench"] = run_llama_bench(args)
+
+    ls = None
+    sizer = Sizer()
+    workload = None
+    if have_server:
+        proc, target, ready, log_path, cmd = start_llama_server(args, work)
+        try:
+            log(f"llama-server healthy after {ready * 1000:.0f} ms")
+            sizer = Sizer(target)
+            workload = make_workload(args, sizer)
+            ls = measure(target, workload, args)
+        finally:
+            stop(proc)
+        ls["facts"] = llama_server_facts(log_path)
+        ls["command"] = " ".join(cmd)
+    if workload is None:
+        workload = make_workload(args, sizer)
+
+    proc, sock_path, ready, notes = start_outpost(args, work)
+    parallel = "unset (this build has no api.parallel)" if notes else str(args.parallel)
+    try:
+        log(f"outpost READY=1 after {ready * 1000:.0f} ms")
+        op = measure(sock_path, workload, args)
+        if op["warmup_route"] != "local":
+            notes.append(f"Outpost answered the warm-up by route {op['warmup_route']!r}, not 'local'")
+    finally:
+        stop(proc)
+    op["flash_attn"] = args.flash_attn or "default (model.flash_attention unset: off on the CPU)"
+    op["parallel"] = parallel
+    result["notes"] += notes
+    return ls, op, sizer
 
 
 def main():
@@ -448,40 +492,13 @@ def main():
               "flash_attn_requested": args.flash_attn, "llama_bench": None, "llama_server": None, "outpost": None,
               "notes": []}
 
-    if have_bench:
-        result["llama_bench"] = run_llama_bench(args)
-
-    ls = None
-    sizer = Sizer()
-    workload = None
-    if have_server:
-        proc, target, ready, log_path = start_llama_server(args, work)
-        try:
-            log(f"llama-server healthy after {ready * 1000:.0f} ms")
-            sizer = Sizer(target)
-            workload = make_workload(args, sizer)
-            ls = measure(target, workload, args)
-        finally:
-            stop(proc)
-        ls["facts"] = llama_server_facts(log_path)
-        ls["command"] = f"{args.llama_server} -m {args.model} -t {args.threads} -tb {args.threads} " \
-                        f"-c {args.context * args.parallel} -np {args.parallel} --no-webui" + \
-                        (f" -fa {args.flash_attn}" if args.flash_attn else "")
-        result["llama_server"] = ls
-    if workload is None:
-        workload = make_workload(args, sizer)
-
-    proc, sock_path, ready, notes = start_outpost(args, work)
     try:
-        log(f"outpost READY=1 after {ready * 1000:.0f} ms")
-        op = measure(sock_path, workload, args)
-        if op["warmup_route"] != "local":
-            notes.append(f"Outpost answered the warm-up by route {op['warmup_route']!r}, not 'local'")
-    finally:
-        stop(proc)
-    op["flash_attn"] = args.flash_attn or "default (model.flash_attention unset: off on the CPU)"
-    result["outpost"] = op
-    result["notes"] += notes
+        ls, op, sizer = run_all(args, work, result, have_server, have_bench)
+    except BaseException:
+        log(f"logs kept in {work} (llama-server.log, outpost.log)")
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    result["llama_server"], result["outpost"] = ls, op
     result["prompt_sizing"] = {"tokens_per_word": round(sizer.per_word, 3), "template_tokens": round(sizer.overhead, 1),
                                "measured_with_llama_server": sizer.measured}
 
@@ -494,7 +511,6 @@ def main():
     bench = result["llama_bench"] or {}
     if bench.get("tg64") and op.get("decode_tps"):
         result["outpost_decode_over_tg64"] = op["decode_tps"] / bench["tg64"]
-    shutil.rmtree(work, ignore_errors=True)
 
     if args.json:
         print(json.dumps(result, indent=2))
@@ -528,7 +544,7 @@ def main():
         facts = ls["facts"]
         print(f"- llama-server: flash attention {facts.get('flash_attn', '?')}; {facts.get('slots', '?')}; "
               f"`{ls['command']}`")
-    print(f"- Outpost: flash attention {op['flash_attn']}; api.parallel {args.parallel}; response cache off; "
+    print(f"- Outpost: flash attention {op['flash_attn']}; api.parallel {op['parallel']}; response cache off; "
           + ("router on (its scoring time is included)" if args.router else "router off (pure engine comparison)"))
     print(f"- tokens decoded per one-stream request: llama-server {ls['decode_tokens'] if ls else '-'}, "
           f"Outpost {op['decode_tokens']} (max_tokens {args.max_tokens})")

@@ -37,6 +37,7 @@ if [ ! -f "$DEST/CMakeLists.txt" ]; then
     echo "llama.cpp sources from llama-cpp-python $VERSION at $DEST"
 fi
 
+DEST="$(cd "$DEST" && pwd)"
 extra=""
 if [ "$(uname -m)" = "x86_64" ]; then
     extra="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
