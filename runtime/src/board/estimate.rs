@@ -6,16 +6,22 @@
 //! - **weights**: every tensor's data (the file is mapped, and inference touches all of it).
 //!   On a board with unified memory the layers offloaded to the GPU are listed apart but count
 //!   against the same DRAM.
+//! - **repacked pages**: the file pages of the matrices llama.cpp repacks for the board's CPU
+//!   ([`super::repack`]) stay resident beside their repacked copy. They are clean page cache
+//!   (reclaimable: `Part::reclaimable`), but they are in the peak RSS.
 //! - **KV cache**: `model.context` cells (padded to 256) for each of `api.parallel` slots, f16
 //!   K and V for every layer and KV head: `cells × layers × kv_heads × (key_len + value_len) × 2`.
 //!   llama.cpp zeroes it at creation, so all of it is resident from the start.
 //! - **compute**: llama.cpp's activations for one micro-batch (`min(model.batch, 512)` tokens).
-//!   Without flash attention the attention scores of every head over the whole context
-//!   dominate (`ubatch × context × heads`, f32, plus the f16 copy the CPU backend makes of them);
-//!   then the feed-forward activations (`ubatch × (embedding + ffn)`), and the output logits of
-//!   the tokens that need them (one per slot: the engine asks for no others). llama.cpp
-//!   *reserves* logits for every token of a micro-batch (`n_vocab × ubatch × 4`), but those
-//!   pages are never touched, so they are not counted.
+//!   The graph allocator reuses memory between the attention and the feed-forward phases, so
+//!   the larger phase counts: without flash attention the attention scores of every head over
+//!   the whole context (`ubatch × context × heads`, f32), else the feed-forward's gate and up
+//!   activations (`2 × ubatch × ffn`, f32). The CPU backend's work buffer adds the larger of the
+//!   scores' f16 copy and the quantized feed-forward input; the residual stream adds a few
+//!   `ubatch × embedding` rows, and the output logits those of the tokens that need them (one
+//!   per slot: the engine asks for no others). llama.cpp *reserves* logits for every token of a
+//!   micro-batch (`n_vocab × ubatch × 4`), but those pages are never touched, so they are not
+//!   counted.
 //! - **runtime**: the process itself (code, llama.cpp's backend and threads, tokio) plus the
 //!   vocabulary tables llama.cpp builds (per token, and per BPE merge).
 //! - **router**: `router.onnx` plus ONNX Runtime's library and arenas, when `router.enabled`.
@@ -29,14 +35,17 @@ use std::path::Path;
 use outpost_common::gguf::Header;
 use serde::Serialize;
 
+pub use super::repack::CpuKind;
+
 const MIB: u64 = 1024 * 1024;
 
-/// The process without a model: code, llama.cpp's CPU backend and thread pool, tokio, buffers.
-/// Measured (VmHWM) with the `tiny` preset, less its weights, KV cache and compute.
-pub const RUNTIME_BASE: u64 = 24 * MIB;
+/// The process without a model: code (about 19 MiB of the binary is resident), llama.cpp's CPU
+/// backend and thread pool, tokio, buffers. Fitted with the others below to the peak RSS of
+/// the `tiny`, `0.5b`, `1b` presets and SmolLM2 (`docs/boards.md`).
+pub const RUNTIME_BASE: u64 = 28 * MIB;
 /// Bytes llama.cpp keeps per vocabulary entry (token text twice, its piece cache, score, type,
 /// hash-map node) and, transiently while loading, the GGUF metadata copy.
-pub const PER_VOCAB_ENTRY: u64 = 160;
+pub const PER_VOCAB_ENTRY: u64 = 200;
 /// Bytes per BPE merge (the rank map of string pairs).
 pub const PER_MERGE: u64 = 120;
 /// ONNX Runtime's library, session and arenas beyond the size of `router.onnx` (measured:
@@ -84,6 +93,24 @@ pub struct ModelFacts {
     pub merges: u64,
     /// `<arch>.context_length`: the context the model was trained with.
     pub trained_context: u64,
+    /// The matrices, for the repacking rules.
+    #[serde(skip)]
+    pub matrices: Vec<Matrix>,
+}
+
+/// A 2-D weight: what decides whether llama.cpp repacks it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matrix {
+    /// ggml type id.
+    pub type_id: u32,
+    /// `ne[1]`.
+    pub rows: u64,
+    /// Bytes of data.
+    pub bytes: u64,
+    /// The block (`blk.N.`) it belongs to, if any.
+    pub layer: Option<u64>,
+    /// The token embeddings (looked up by row, never repacked).
+    pub embeddings: bool,
 }
 
 /// The header lacks a value the estimate needs.
@@ -119,6 +146,7 @@ impl ModelFacts {
         };
         let mut layer_bytes = vec![0u64; usize::try_from(layers).unwrap_or(0)];
         let (mut parameters, mut weights_bytes, mut output_bytes) = (0u64, 0u64, 0u64);
+        let mut matrices = Vec::new();
         for t in &header.tensors {
             // A type this reader does not know: its share of the data section, by offsets, is
             // not worth the complexity; count it at one byte per element (the smallest types
@@ -132,6 +160,15 @@ impl ModelFacts {
             let block = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
             if let Some(slot) = block.and_then(|i| layer_bytes.get_mut(i)) {
                 *slot += bytes;
+            }
+            if t.shape.len() == 2 {
+                matrices.push(Matrix {
+                    type_id: t.type_id,
+                    rows: t.shape[1],
+                    bytes,
+                    layer: block.map(|b| b as u64),
+                    embeddings: t.name == "token_embd.weight",
+                });
             }
         }
         Ok(Self {
@@ -150,6 +187,7 @@ impl ModelFacts {
             vocab,
             merges: array_len("tokenizer.ggml.merges"),
             trained_context: header.arch_u64("context_length").unwrap_or(0),
+            matrices,
         })
     }
 
@@ -165,6 +203,22 @@ impl ModelFacts {
         let k = usize::try_from(gpu_layers).unwrap_or(usize::MAX).min(n);
         let blocks: u64 = self.layer_bytes[n - k..].iter().sum();
         blocks + if gpu_layers > self.layers { self.output_bytes } else { 0 }
+    }
+
+    /// Bytes of the matrices `cpu` repacks, of those left on the CPU with `gpu_layers`
+    /// offloaded.
+    pub fn repacked_bytes(&self, cpu: CpuKind, gpu_layers: u64) -> u64 {
+        let first_offloaded = self.layers.saturating_sub(gpu_layers);
+        self.matrices
+            .iter()
+            .filter(|m| !m.embeddings && cpu.repacks(m.type_id, m.rows))
+            .filter(|m| match m.layer {
+                Some(layer) => layer < first_offloaded,
+                // The output matrix goes to the GPU once every block has.
+                None => gpu_layers <= self.layers,
+            })
+            .map(|m| m.bytes)
+            .sum()
     }
 }
 
@@ -185,6 +239,8 @@ pub struct Settings {
     pub router_model_bytes: Option<u64>,
     /// `cache.max_entries` when the cache is enabled, else `None`.
     pub cache_entries: Option<u64>,
+    /// The CPU class, for repacking.
+    pub cpu: CpuKind,
 }
 
 /// One part of the estimate.
@@ -196,6 +252,9 @@ pub struct Part {
     pub bytes: u64,
     /// How it was computed.
     pub detail: String,
+    /// Clean page cache the kernel can take back under pressure (resident, so in the peak
+    /// RSS, but not memory the board must have free).
+    pub reclaimable: bool,
 }
 
 fn pad(n: u64, to: u64) -> u64 {
@@ -215,12 +274,23 @@ pub fn parts(model: &ModelFacts, s: &Settings, unified: bool) -> Vec<Part> {
         name: "weights",
         bytes: model.weights_bytes - offloaded,
         detail: format!("{} parameters, tensor data of the GGUF", model.parameters),
+        reclaimable: false,
     });
+    let repacked = model.repacked_bytes(s.cpu, if unified { s.gpu_layers } else { 0 });
+    if repacked > 0 {
+        parts.push(Part {
+            name: "repacked_pages",
+            bytes: repacked,
+            detail: format!("file pages of the matrices repacked for {:?}; reclaimable", s.cpu),
+            reclaimable: true,
+        });
+    }
     if offloaded > 0 {
         parts.push(Part {
             name: "weights_gpu",
             bytes: offloaded,
             detail: format!("{} layers offloaded; unified memory: same DRAM", s.gpu_layers.min(model.layers)),
+            reclaimable: false,
         });
     }
     let cells = pad(s.context, KV_PAD) * s.parallel;
@@ -231,8 +301,14 @@ pub fn parts(model: &ModelFacts, s: &Settings, unified: bool) -> Vec<Part> {
             "{cells} cells ({} × {} slots) × {} layers × {} KV heads × ({}+{}) × f16",
             s.context, s.parallel, model.layers, model.kv_heads, model.key_length, model.value_length
         ),
+        reclaimable: false,
     });
-    parts.push(Part { name: "compute", bytes: compute_bytes(model, s), detail: compute_detail(s) });
+    parts.push(Part {
+        name: "compute",
+        bytes: compute_bytes(model, s),
+        detail: compute_detail(s),
+        reclaimable: false,
+    });
     let runtime = RUNTIME_BASE + model.vocab * PER_VOCAB_ENTRY + model.merges * PER_MERGE;
     parts.push(Part {
         name: "runtime",
@@ -243,12 +319,14 @@ pub fn parts(model: &ModelFacts, s: &Settings, unified: bool) -> Vec<Part> {
             model.vocab,
             model.merges
         ),
+        reclaimable: false,
     });
     if let Some(onnx) = s.router_model_bytes {
         parts.push(Part {
             name: "router",
             bytes: onnx + ROUTER_OVERHEAD,
             detail: format!("router.onnx {} + ONNX Runtime {}", mib(onnx), mib(ROUTER_OVERHEAD)),
+            reclaimable: false,
         });
     }
     if let Some(entries) = s.cache_entries {
@@ -259,6 +337,7 @@ pub fn parts(model: &ModelFacts, s: &Settings, unified: bool) -> Vec<Part> {
                 "index of up to {entries} entries × {CACHE_PER_ENTRY} B + SQLite {}",
                 mib(CACHE_SQLITE)
             ),
+            reclaimable: false,
         });
     }
     parts
@@ -268,16 +347,20 @@ pub fn parts(model: &ModelFacts, s: &Settings, unified: bool) -> Vec<Part> {
 pub fn compute_bytes(model: &ModelFacts, s: &Settings) -> u64 {
     let ubatch = s.batch.max(s.parallel).min(MAX_UBATCH);
     let n_kv = pad(s.context, KV_PAD);
-    let attention = if s.flash_attention {
+    let feed_forward = 2 * ubatch * model.feed_forward * 4;
+    // The quantized copy of the feed-forward's input (q8: ~1.1 bytes per value).
+    let ffn_work = ubatch * model.feed_forward * 11 / 10;
+    let (graph, work) = if s.flash_attention {
         // Flash attention never materializes the scores: one output row per head and token.
-        ubatch * model.heads * model.value_length * 4
+        (feed_forward.max(ubatch * model.heads * model.value_length * 4), ffn_work)
     } else {
-        // Scores in f32, and the CPU backend's f16 copy of them for the product with V.
-        ubatch * n_kv * model.heads * (4 + 2)
+        // Scores in f32 in the graph; the CPU backend's f16 copy of them for the product with V.
+        let scores = ubatch * n_kv * model.heads;
+        (feed_forward.max(4 * scores), ffn_work.max(2 * scores))
     };
-    let activations = ubatch * (4 * model.embedding + 3 * model.feed_forward) * 4;
+    let stream = 4 * ubatch * model.embedding * 4;
     let logits = 2 * s.parallel * model.vocab * 4;
-    attention + activations + logits
+    graph + work + stream + logits
 }
 
 fn compute_detail(s: &Settings) -> String {
@@ -286,17 +369,31 @@ fn compute_detail(s: &Settings) -> String {
     format!("micro-batch of {ubatch} tokens: {attention}, feed-forward, logits of {} slots", s.parallel)
 }
 
-/// Sum of the parts' bytes.
+/// Sum of the parts' bytes (the peak RSS).
 pub fn sum(parts: &[Part]) -> u64 {
     parts.iter().map(|p| p.bytes).sum()
 }
 
-/// The largest context per slot (a multiple of 256, at most `ceiling`) whose process parts stay
-/// within `budget` bytes; 0 if not even 256 tokens do.
-pub fn max_context(model: &ModelFacts, s: &Settings, unified: bool, budget: u64, ceiling: u64) -> u64 {
+/// Sum of the parts that are not reclaimable (the memory that must be free).
+pub fn demand(parts: &[Part]) -> u64 {
+    parts.iter().filter(|p| !p.reclaimable).map(|p| p.bytes).sum()
+}
+
+/// The largest context per slot (a multiple of 256, at most `ceiling`) whose process parts
+/// stay within `budget` bytes — all of them, or with `reclaimable` false only those that are
+/// not; 0 if not even 256 tokens do.
+pub fn max_context(
+    model: &ModelFacts,
+    s: &Settings,
+    unified: bool,
+    budget: u64,
+    ceiling: u64,
+    reclaimable: bool,
+) -> u64 {
     let fits = |context: u64| {
         let trial = Settings { context, batch: s.batch.min(context), ..s.clone() };
-        sum(&parts(model, &trial, unified)) <= budget
+        let p = parts(model, &trial, unified);
+        (if reclaimable { sum(&p) } else { demand(&p) }) <= budget
     };
     let (mut lo, mut hi) = (0u64, ceiling / KV_PAD);
     if hi == 0 || !fits(KV_PAD) {
@@ -337,6 +434,7 @@ mod tests {
             vocab: 49_152,
             merges: 48_900,
             trained_context: 8192,
+            matrices: Vec::new(),
         }
     }
 
@@ -349,6 +447,7 @@ mod tests {
             flash_attention: false,
             router_model_bytes: None,
             cache_entries: None,
+            cpu: CpuKind::Other,
         }
     }
 
@@ -406,15 +505,41 @@ mod tests {
     }
 
     #[test]
+    fn repacked_matrices_are_a_reclaimable_part_on_the_cpu_only() {
+        let matrix =
+            |type_id, layer, embeddings| Matrix { type_id, rows: 576, bytes: 1000, layer, embeddings };
+        let m = ModelFacts {
+            matrices: vec![
+                matrix(12, None, true),      // q4_K token embeddings: looked up, never repacked
+                matrix(12, Some(0), false),  // q4_K: repacked on x86 and Arm
+                matrix(14, Some(29), false), // q6_K: Arm only
+                matrix(8, None, false),      // q8_0 output: Arm only
+            ],
+            ..smollm2()
+        };
+        assert_eq!(m.repacked_bytes(CpuKind::X86Avx2, 0), 1000);
+        assert_eq!(m.repacked_bytes(CpuKind::ArmDotprod, 0), 3000);
+        // Offloading the last layer takes its matrix off the CPU; all 31 take the output too.
+        assert_eq!(m.repacked_bytes(CpuKind::ArmDotprod, 1), 2000);
+        assert_eq!(m.repacked_bytes(CpuKind::ArmDotprod, 31), 0);
+        let s = Settings { cpu: CpuKind::ArmDotprod, ..settings(1024, 1) };
+        let p = parts(&m, &s, false);
+        let repacked = p.iter().find(|p| p.name == "repacked_pages").unwrap();
+        assert!(repacked.reclaimable && repacked.bytes == 3000);
+        assert_eq!(sum(&p) - demand(&p), 3000);
+        assert!(parts(&m, &settings(1024, 1), false).iter().all(|p| p.name != "repacked_pages"));
+    }
+
+    #[test]
     fn max_context_is_the_largest_multiple_of_256_within_budget() {
         let m = smollm2();
         let s = settings(4096, 2);
         let budget = sum(&parts(&m, &settings(3000, 2), false));
-        let best = max_context(&m, &s, false, budget, 8192);
+        let best = max_context(&m, &s, false, budget, 8192, true);
         // 3000 pads to 3072 cells, which is what the budget was computed from.
         assert_eq!(best, 3072);
         assert!(sum(&parts(&m, &settings(best + 256, 2), false)) > budget);
-        assert_eq!(max_context(&m, &s, false, budget, 2048), 2048, "capped by the ceiling");
-        assert_eq!(max_context(&m, &s, false, 1, 8192), 0, "nothing fits");
+        assert_eq!(max_context(&m, &s, false, budget, 2048, true), 2048, "capped by the ceiling");
+        assert_eq!(max_context(&m, &s, false, 1, 8192, true), 0, "nothing fits");
     }
 }

@@ -4,7 +4,8 @@
 //! The limit is the smallest of `MemAvailable` (`/proc/meminfo`: free memory plus what the
 //! kernel can reclaim) and the `memory.max` of this process's cgroup and of each cgroup above
 //! it (cgroup v2, as systemd's `MemoryMax=` sets it). The estimate compared is the process's
-//! parts, without the board's OS reserve: the OS already holds what it holds.
+//! parts, without the board's OS reserve (the OS already holds what it holds) and without the
+//! reclaimable ones (the file pages of repacked matrices, which the kernel takes back).
 
 use std::path::{Path, PathBuf};
 
@@ -107,12 +108,14 @@ pub fn check(config: &Config, root: &Path) -> Result<(), DoesNotFit> {
     let Some((available_bytes, source_of_limit)) = available(root) else { return Ok(()) };
     let mem_total = super::profiles::meminfo(root, "MemTotal").unwrap_or(available_bytes);
     let detected = super::profiles::detect(root);
-    let (mut s, _) = settings(config, detected.profile.memory, mem_total);
+    let profile = super::profiles::Profile { memory_bytes: mem_total, ..detected.profile };
+    let (mut s, _) = settings(config, &profile);
     // The slots the engine will make (its default reads this machine's memory).
     s.parallel = u64::from(config.api.parallel());
-    let unified = detected.profile.memory == super::profiles::MemoryKind::Unified;
+    let unified = profile.memory == super::profiles::MemoryKind::Unified;
     let parts = estimate::parts(&model, &s, unified);
-    let needed_bytes = estimate::sum(&parts);
+    // Reclaimable page cache (repacked matrices' file pages) is not memory that must be free.
+    let needed_bytes = estimate::demand(&parts);
     tracing::info!(
         needed_mib = needed_bytes / (1024 * 1024),
         available_mib = available_bytes / (1024 * 1024),
@@ -123,7 +126,7 @@ pub fn check(config: &Config, root: &Path) -> Result<(), DoesNotFit> {
         return Ok(());
     }
     let ceiling = if model.trained_context > 0 { model.trained_context } else { 1_048_576 };
-    let max_context = estimate::max_context(&model, &s, unified, available_bytes, ceiling);
+    let max_context = estimate::max_context(&model, &s, unified, available_bytes, ceiling, false);
     Err(DoesNotFit { needed_bytes, available_bytes, source_of_limit, breakdown: lines(&parts), max_context })
 }
 

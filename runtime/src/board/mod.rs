@@ -5,6 +5,7 @@
 //! - [`estimate`]: the memory a model and configuration take, part by part.
 //! - [`validate`]: the estimate against a board, its verdict and exit code.
 //! - [`fit`]: the check `outpost serve` makes against the memory it may use.
+//! - [`repack`]: which weights llama.cpp's CPU backend repacks (they stay resident twice).
 //! - [`bench`]: speed, memory, power and temperature of a model on this board.
 //! - [`sensors`]: power rails and thermal zones in sysfs.
 
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod estimate;
 pub mod fit;
 pub mod profiles;
+pub mod repack;
 pub mod sensors;
 pub mod validate;
 

@@ -12,6 +12,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::repack::CpuKind;
+
 const MIB: u64 = 1024 * 1024;
 const GIB: u64 = 1024 * MIB;
 
@@ -41,6 +43,9 @@ pub struct Profile {
     pub os_reserve_bytes: u64,
     /// Unified memory (Jetson) or CPU only.
     pub memory: MemoryKind,
+    /// The CPU class (what llama.cpp repacks): Cortex-A76 (Pi 5) and Cortex-A78AE (Orin) have
+    /// the dot-product extension and no i8mm; `host` is this machine.
+    pub cpu: CpuKind,
 }
 
 /// One family of boards: name prefix, description, sizes (GiB), reserve, memory kind.
@@ -100,6 +105,7 @@ fn profile(family: &Family, gib: u64) -> Profile {
         memory_bytes: gib * GIB,
         os_reserve_bytes: family.os_reserve,
         memory: family.memory,
+        cpu: CpuKind::ArmDotprod,
     }
 }
 
@@ -176,6 +182,7 @@ fn host(mem_total: u64) -> Profile {
         memory_bytes: mem_total,
         os_reserve_bytes: (mem_total / 20).clamp(256 * MIB, GIB),
         memory: MemoryKind::CpuOnly,
+        cpu: CpuKind::this_machine(),
     }
 }
 

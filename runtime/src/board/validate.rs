@@ -90,6 +90,9 @@ pub struct Report {
     pub process_bytes: u64,
     /// `process_bytes` plus the board's OS reserve.
     pub total_bytes: u64,
+    /// Of `total_bytes`, clean page cache the kernel can reclaim (the file pages of repacked
+    /// matrices): in the peak RSS, but not memory that must be free.
+    pub reclaimable_bytes: u64,
     /// The board's memory.
     pub device_bytes: u64,
     /// The verdict.
@@ -117,12 +120,12 @@ pub fn device(name: &str, root: &Path) -> Result<(Profile, Option<Detected>), Va
     })
 }
 
-/// The estimate's settings from the configuration, for a board with `memory` and
-/// `memory_bytes` (the `api.parallel` default depends on it), plus notes.
-pub fn settings(config: &Config, memory: MemoryKind, memory_bytes: u64) -> (Settings, Vec<String>) {
+/// The estimate's settings from the configuration for `device` (the `api.parallel` default
+/// depends on its memory), plus notes.
+pub fn settings(config: &Config, device: &Profile) -> (Settings, Vec<String>) {
     let m = &config.model;
     let mut notes = Vec::new();
-    let gpu_layers = match memory {
+    let gpu_layers = match device.memory {
         MemoryKind::Unified => u64::from(m.gpu_layers),
         MemoryKind::CpuOnly => {
             if m.gpu_layers > 0 {
@@ -143,12 +146,13 @@ pub fn settings(config: &Config, memory: MemoryKind, memory_bytes: u64) -> (Sett
     });
     let settings = Settings {
         context: u64::from(m.context),
-        parallel: u64::from(config.api.parallel_for_memory(memory_bytes)),
+        parallel: u64::from(config.api.parallel_for_memory(device.memory_bytes)),
         batch: u64::from(m.batch),
         gpu_layers,
         flash_attention,
         router_model_bytes,
         cache_entries: config.cache.enabled.then_some(config.cache.max_entries),
+        cpu: device.cpu,
     };
     (settings, notes)
 }
@@ -167,7 +171,7 @@ pub fn report(
     device: Profile,
     detected: Option<Detected>,
 ) -> Report {
-    let (settings, notes) = settings(config, device.memory, device.memory_bytes);
+    let (settings, notes) = settings(config, &device);
     let unified = device.memory == MemoryKind::Unified;
     let mut parts = estimate::parts(&model, &settings, unified);
     let process_bytes = estimate::sum(&parts);
@@ -175,6 +179,7 @@ pub fn report(
         name: "os_reserve",
         bytes: device.os_reserve_bytes,
         detail: "firmware carve-outs, kernel and a headless userspace (assumed per board)".into(),
+        reclaimable: false,
     });
     let total_bytes = process_bytes + device.os_reserve_bytes;
     let device_bytes = device.memory_bytes;
@@ -187,7 +192,8 @@ pub fn report(
     };
     let budget = ((device_bytes as f64 * FITS_SHARE) as u64).saturating_sub(device.os_reserve_bytes);
     let trained = if model.trained_context > 0 { model.trained_context } else { 1_048_576 };
-    let max_context = estimate::max_context(&model, &settings, unified, budget, trained);
+    let max_context = estimate::max_context(&model, &settings, unified, budget, trained, true);
+    let reclaimable_bytes = estimate::sum(&parts) - estimate::demand(&parts);
     let max_context_limit =
         if max_context + estimate::KV_PAD > trained { "trained-context" } else { "memory" };
     Report {
@@ -199,6 +205,7 @@ pub fn report(
         parts,
         process_bytes,
         total_bytes,
+        reclaimable_bytes,
         device_bytes,
         verdict,
         exit_code: verdict.exit_code(),
@@ -271,11 +278,16 @@ impl Report {
             out += &format!("  {:<15} {:>11}  {}\n", p.name, mib(p.bytes), p.detail);
         }
         out += &format!(
-            "  {:<15} {:>11}  of {} ({:.0} %)\n",
+            "  {:<15} {:>11}  of {} ({:.0} %){}\n",
             "total",
             mib(self.total_bytes),
             mib(self.device_bytes),
-            100.0 * self.total_bytes as f64 / self.device_bytes.max(1) as f64
+            100.0 * self.total_bytes as f64 / self.device_bytes.max(1) as f64,
+            if self.reclaimable_bytes > 0 {
+                format!("; {} of it reclaimable", mib(self.reclaimable_bytes))
+            } else {
+                String::new()
+            }
         );
         out
     }
@@ -308,6 +320,7 @@ pub struct NotFits {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::board::repack::CpuKind;
 
     fn facts() -> ModelFacts {
         ModelFacts {
@@ -326,6 +339,7 @@ mod tests {
             vocab: 151_936,
             merges: 0,
             trained_context: 32_768,
+            matrices: Vec::new(),
         }
     }
 
@@ -336,6 +350,7 @@ mod tests {
             memory_bytes,
             os_reserve_bytes: 100 << 20,
             memory: MemoryKind::CpuOnly,
+            cpu: CpuKind::Other,
         }
     }
 
@@ -376,10 +391,11 @@ mod tests {
         let mut c = config(1024);
         c.model.gpu_layers = 99;
         c.api.parallel = None;
-        let (s, notes) = settings(&c, MemoryKind::CpuOnly, 2 << 30);
+        let board_of = |memory, gib: u64| Profile { memory, memory_bytes: gib << 30, ..board(0) };
+        let (s, notes) = settings(&c, &board_of(MemoryKind::CpuOnly, 2));
         assert_eq!((s.gpu_layers, s.parallel), (0, 1));
         assert!(notes[0].contains("ignored"), "{notes:?}");
-        let (s, notes) = settings(&c, MemoryKind::Unified, 8 << 30);
+        let (s, notes) = settings(&c, &board_of(MemoryKind::Unified, 8));
         assert_eq!((s.gpu_layers, s.parallel), (99, 4));
         assert!(s.flash_attention, "auto with a GPU counts as flash attention");
         assert!(notes.is_empty());
