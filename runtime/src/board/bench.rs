@@ -9,8 +9,8 @@
 //!
 //! Prompts are words drawn from a small list by a seeded generator, each prompt from another
 //! seed so that no slot's cached prefix is reused beyond the chat template's first tokens
-//! (those are subtracted). Their token counts are reached by calibration: a first request of 64
-//! words gives tokens per word. Decoding samples at temperature 1 and runs requests until
+//! (those are subtracted). Their token counts are reached by calibration: requests of 32 and 96
+//! words give tokens per word and the chat template's share. Decoding samples at temperature 1 and runs requests until
 //! `gen_tokens` tokens were generated (a model may end an answer early).
 
 use std::path::PathBuf;
@@ -306,14 +306,20 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     bar.inc(1);
 
     bar.set_message("calibrating prompt lengths");
-    let calibration = rt.block_on(timed(&engine, prompt(64, 1), sampling(1, 0.0, 1)))?;
-    let tokens_per_word = f64::from(calibration.prompt_tokens.max(1)) / 64.0;
+    // Two prompts give tokens per word and the chat template's own tokens.
+    let short = rt.block_on(timed(&engine, prompt(32, 1), sampling(1, 0.0, 1)))?.prompt_tokens;
+    let long = rt.block_on(timed(&engine, prompt(96, 2), sampling(1, 0.0, 1)))?.prompt_tokens;
+    let tokens_per_word = match long.saturating_sub(short) {
+        0 => f64::from(long.max(1)) / 96.0,
+        more => f64::from(more) / 64.0,
+    };
+    let template = (f64::from(short) - 32.0 * tokens_per_word).max(0.0);
     bar.inc(1);
 
     let mut prompts = Vec::new();
     for (i, &length) in opts.prompt_lengths.iter().enumerate() {
         bar.set_message(format!("prompt of {length} tokens"));
-        let words = ((f64::from(length) / tokens_per_word).round() as u32).max(1);
+        let words = (((f64::from(length) - template) / tokens_per_word).round() as u32).max(1);
         let r = rt.block_on(timed(&engine, prompt(words, 10 + i as u64), sampling(1, 0.0, 1)))?;
         let evaluated = r.prompt_tokens - r.cached_tokens.min(r.prompt_tokens);
         prompts.push(PromptRun {
