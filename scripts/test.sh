@@ -9,7 +9,10 @@ export OUTPOST_TEST_PYTHON="$PWD/.venv/bin/python"
 features="outpost/failpoints,outpost-updater/failpoints"
 cargo build --workspace --bins --locked --features "$features"
 cargo test --workspace --locked --features "$features" -- "$@"
-# Packaging checks that need no build: the Yocto layer (oelint-adv, crate list current) and the
-# Containerfile (hadolint).
+# Packaging checks: the systemd units (verify, exposure <= 2.0, users and directories; on the
+# binaries just built), the Yocto layer (oelint-adv, crate list current) and the Containerfile
+# (hadolint). The .deb build and the debootstrap install test are heavier: scripts/package.sh and
+# scripts/install-test.sh (packaging/README.md).
+OUTPOST_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" ./scripts/check-units.sh
 ./scripts/check-yocto.sh
 ./scripts/check-container.sh

@@ -66,6 +66,7 @@ fn sampling() -> Sampling {
         max_tokens: 256,
         stop: Vec::new(),
         logprobs: None,
+        ..Sampling::defaults(&outpost::config::GenerationConfig::default())
     }
 }
 

@@ -127,6 +127,7 @@ fn main() {
                 sampling.max_tokens = 1;
                 sampling.temperature = 0.0;
                 let request = Generate {
+                    raw_prompt: None,
                     messages: vec![ChatMessage { role: "user".into(), content: format!("{run}. {text}") }],
                     sampling,
                     threads: None,

@@ -179,13 +179,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         Some(Err(err)) => {
             status(&format!("failed: {err}"));
             shutdown.cancel();
-            let _ = std::fs::remove_file(&socket_path);
+            socket::remove(&socket_path);
             return Err(err.into());
         }
         None => {
             notify::stopping("stopping");
             shutdown.cancel();
-            let _ = std::fs::remove_file(&socket_path);
+            socket::remove(&socket_path);
             return Ok(());
         }
     };
@@ -229,7 +229,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     for thread in threads {
         thread.join(DRAIN).await;
     }
-    let _ = std::fs::remove_file(&socket_path);
+    socket::remove(&socket_path);
     tracing::info!("stopped");
     Ok(())
 }

@@ -58,7 +58,14 @@ fn status_is_retained_and_the_last_will_follows_a_kill_9() {
     let fleet = Fleet::new();
     let op = fleet.operator();
     let daemon = fleet.runtime("pi-a", "");
-    let status = online_status(&op, "pi-a", "runtime");
+    // The agent may connect before the model is loaded: the status is republished once it is.
+    let status = op
+        .wait_for("status with the model", T, |m| {
+            m.topic == "outpost/pi-a/runtime/status"
+                && m.json["online"] == true
+                && m.json["model"]["id"].is_string()
+        })
+        .json;
     assert_eq!(status["schema"], 1);
     assert_eq!(status["component"], "runtime");
     assert_eq!(status["model"]["id"], "outpost-synth-tiny", "{status}");

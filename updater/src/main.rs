@@ -203,16 +203,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "partial_downloads": partial_downloads(&store),
             });
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                say(format_args!("{}", serde_json::to_string_pretty(&value)?));
             } else {
                 let show = |c: &Option<outpost_updater::store::Committed>| {
                     c.as_ref().map_or("-".to_owned(), |c| format!("{} (sha256 {})", c.version, c.sha256))
                 };
-                println!("current:  {}", show(&state.current));
-                println!("previous: {}", show(&state.previous));
-                println!("state:    {}", value["state"].as_str().unwrap_or("idle"));
+                say(format_args!("current:  {}", show(&state.current)));
+                say(format_args!("previous: {}", show(&state.previous)));
+                say(format_args!("state:    {}", value["state"].as_str().unwrap_or("idle")));
                 if let Some(f) = &state.last_failure {
-                    println!("last failure: {f}");
+                    say(format_args!("last failure: {f}"));
                 }
             }
         }
@@ -236,4 +236,11 @@ fn partial_downloads(store: &Store) -> serde_json::Value {
         })
         .collect();
     serde_json::Value::Array(files)
+}
+
+/// One line of a report on stdout; a closed pipe (`| head`, `| grep -q`) ends the output quietly
+/// instead of panicking.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }

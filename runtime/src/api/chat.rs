@@ -42,6 +42,8 @@ struct Request {
     inputs: Inputs,
     /// Keeps the answer in the response cache, when there is one.
     remember: Option<Remember>,
+    /// The answer may be a tool call (`Some(parallel_tool_calls)`).
+    tools: Option<bool>,
 }
 
 /// The handler.
@@ -54,9 +56,15 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
     let options = request.outpost.unwrap_or_default();
     let stream = request.streaming();
     let include_usage = request.include_usage();
+    // Tool calls: no cache (neither read nor written), no cascade, the answer parsed into calls.
+    let tools = request.tools_active();
     let mut generate = request.into_generate(&state.config.generation)?;
     // The cache key is the request as asked, before any power-mode limit.
-    let query = state.cache.as_ref().map(|_| Query::new(&generate.messages, &generate.sampling));
+    let query = state
+        .cache
+        .as_ref()
+        .filter(|_| tools.is_none())
+        .map(|_| Query::new(&generate.messages, &generate.sampling));
     let read_mode =
         response_cache::read_mode(&state.config.cache, state.cloud.connectivity(), &generate.sampling);
 
@@ -134,7 +142,7 @@ pub async fn completions(State(state): State<AppState>, body: Bytes) -> Result<R
         }),
         _ => None,
     };
-    let request = Request { state, raw, generate, stream, include_usage, inputs, remember };
+    let request = Request { state, raw, generate, stream, include_usage, inputs, remember, tools };
 
     let result = match decision.route {
         Route::Local | Route::Cache => {
@@ -255,6 +263,18 @@ impl Request {
             Some(_) | None => return Err(ApiError::ShuttingDown),
         };
         let meta = Meta::new(model.id.clone());
+        if let Some(parallel) = self.tools {
+            // The answer is parsed whole: a call's arguments cannot be told from text earlier.
+            let answer = local::collect(events).await?;
+            local::count_answer(&self.state.metrics, &answer.done, self.price());
+            let body = super::tools::answer(answer.body(&meta, &report), parallel);
+            let response = if self.stream {
+                super::tools::as_stream(&meta, &body, self.include_usage).into_response()
+            } else {
+                Json(body).into_response()
+            };
+            return Ok(with_route(response, &report, &self.state));
+        }
         if self.stream {
             let sse = local::stream(
                 meta,

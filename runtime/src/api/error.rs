@@ -127,6 +127,7 @@ impl From<GenerateError> for ApiError {
         match err {
             GenerateError::ContextOverflow { .. } => Self::ContextOverflow(err),
             GenerateError::Template(message) => Self::InvalidRequest { message, param: Some("messages") },
+            GenerateError::Invalid { param, message } => Self::InvalidRequest { message, param: Some(param) },
             GenerateError::NotLoaded => Self::NotReady,
             GenerateError::Inference(detail) => {
                 tracing::error!(%detail, "inference failed");

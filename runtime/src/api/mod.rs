@@ -5,12 +5,17 @@ pub(crate) mod admin_cache;
 mod cached;
 pub mod chat;
 mod cloud;
+mod completions;
+mod embeddings;
 pub mod error;
 mod local;
+mod ollama;
 pub mod openai;
 pub mod report;
 pub mod socket;
 mod status;
+mod tokens;
+mod tools;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -67,6 +72,17 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/show", post(ollama::show))
+        .route("/api/version", get(ollama::version))
+        .route("/api/embed", post(ollama::embed))
         .route("/v1/models", get(models))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -80,7 +96,27 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(axum::middleware::from_fn(read_body_first))
         .with_state(state)
+}
+
+/// The largest request body read (chat requests with long conversations, cache imports).
+pub const MAX_BODY: usize = 16 << 20;
+
+/// Reads the whole request body (up to [`MAX_BODY`]) before anything answers: an error given
+/// before the body is read (an unknown path, a wrong method, an admin refusal) would otherwise
+/// close the connection under a client that sends its body after the headers, and it would
+/// see a broken pipe instead of the answer.
+async fn read_body_first(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(_) => ApiError::InvalidRequest {
+            message: format!("the request body is larger than {MAX_BODY} bytes or could not be read"),
+            param: None,
+        }
+        .into_response(),
+    }
 }
 
 /// Counts every request by endpoint and status, and errors by code.
@@ -104,7 +140,7 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
 }
 
 async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let data: Vec<_> = state
+    let mut data: Vec<_> = state
         .engine
         .model()
         .map(|info| {
@@ -118,6 +154,14 @@ async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
             .unwrap_or_default()]
         })
         .unwrap_or_default();
+    // The embedding model (`/v1/embeddings`): the router's sentence encoder.
+    if let (Some(id), Some(router)) = (embeddings::model_id(&state), &state.router) {
+        data.push(json!({
+            "id": id, "object": "model", "created": 0, "owned_by": "outpost",
+            "type": "embedding", "encoder": "all-MiniLM-L6-v2 (int8, mean-pooled, L2-normalised)",
+            "dimensions": 384, "router": router.info(),
+        }));
+    }
     Json(json!({ "object": "list", "data": data }))
 }
 

@@ -59,6 +59,77 @@ pub struct ChatRequest {
     /// Outpost's routing options: `{"allow_cloud": false}`, `{"route": "local"|"cloud"|"auto"}`.
     #[serde(default)]
     pub outpost: Option<crate::policy::RequestOptions>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", "json_schema":
+    /// {"name", "schema", "strict"}}`: honoured locally by grammar-constrained sampling.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    /// A GBNF grammar the answer must follow (llama-server's extension).
+    #[serde(default)]
+    pub grammar: Option<String>,
+    /// -2 to 2: penalise tokens that appeared at all.
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// -2 to 2: penalise tokens by how often they appeared.
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// llama.cpp's repeat penalty (1 = off; an extension).
+    #[serde(default)]
+    pub repeat_penalty: Option<f32>,
+    /// Min-p sampling (0 = off; an extension).
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    /// Token id (as a string) → bias, -100 to 100.
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// Tool definitions (see `api/tools.rs`).
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
+    /// `auto`, `none`, `required` or `{"type": "function", "function": {"name"}}`.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Several calls in one answer (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+}
+
+/// The grammar for `{"type": "json_object"}`: any JSON object (llama.cpp's converter on the
+/// schema `{"type": "object"}`).
+pub fn json_object_grammar() -> Result<String, ApiError> {
+    schema_grammar(&json!({"type": "object"}))
+}
+
+/// A JSON schema as a GBNF grammar, by llama.cpp's own converter.
+pub fn schema_grammar(schema: &Value) -> Result<String, ApiError> {
+    if !schema.is_object() {
+        return Err(invalid("response_format", "json_schema.schema must be a JSON schema object"));
+    }
+    llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+        invalid(
+            "response_format",
+            format!(
+                "the local engine cannot constrain output to this JSON schema (llama.cpp's converter: {e})"
+            ),
+        )
+    })
+}
+
+/// The grammar a `response_format` asks for (`None` for text).
+pub fn response_format_grammar(format: &Value) -> Result<Option<String>, ApiError> {
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => json_object_grammar().map(Some),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|s| s.get("schema"))
+                .ok_or_else(|| invalid("response_format", "json_schema needs a `schema`"))?;
+            schema_grammar(schema).map(Some)
+        }
+        Some(other) => {
+            Err(invalid("response_format", format!("response_format type `{other}` is not supported")))
+        }
+        None => Err(invalid("response_format", "response_format needs a `type`")),
+    }
 }
 
 /// One message of the request.
@@ -69,6 +140,12 @@ pub struct RequestMessage {
     /// Text, or a list of content parts of which the text parts are used.
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's tool calls.
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+    /// A tool message's call id.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 /// Message content: a string or content parts.
@@ -179,6 +256,15 @@ impl ChatRequest {
             if content.contains('\0') {
                 return Err(invalid("messages", format!("messages[{i}].content contains a NUL character")));
             }
+            // Tool calls and results as text every chat template can render.
+            let (role, content) = match role {
+                "assistant" if m.tool_calls.is_some() => {
+                    let calls = super::tools::calls_as_text(m.tool_calls.as_ref().unwrap_or(&Value::Null));
+                    ("assistant", format!("{content}{calls}"))
+                }
+                "tool" => ("user", super::tools::result_as_text(&content, m.tool_call_id.as_deref())),
+                other => (other, content),
+            };
             messages.push(ChatMessage { role: role.to_owned(), content });
         }
 
@@ -228,8 +314,121 @@ impl ChatRequest {
         } else if self.top_logprobs.is_some_and(|n| n > 0) {
             return Err(invalid("top_logprobs", "top_logprobs requires logprobs: true"));
         }
-        Ok(Generate { messages, sampling, threads: None })
+        let tools = match &self.tools {
+            Some(list) if !list.is_empty() => {
+                super::tools::prepare(list, self.tool_choice.as_ref(), self.parallel_tool_calls)?
+            }
+            _ => None,
+        };
+        if let Some(tools) = &tools {
+            match messages.iter_mut().find(|m| m.role == "system") {
+                Some(system) => system.content = format!("{}\n\n{}", system.content, tools.prompt),
+                None => {
+                    messages.insert(0, ChatMessage { role: "system".into(), content: tools.prompt.clone() })
+                }
+            }
+            if tools.grammar.is_some() && (self.response_format.is_some() || self.grammar.is_some()) {
+                return Err(invalid(
+                    "tool_choice",
+                    "a required tool call cannot also follow response_format or grammar",
+                ));
+            }
+        }
+        apply_sampling_extras(
+            &mut sampling,
+            Extras {
+                response_format: self.response_format.as_ref(),
+                grammar: self.grammar,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                repeat_penalty: self.repeat_penalty,
+                min_p: self.min_p,
+                logit_bias: self.logit_bias,
+            },
+        )?;
+        if let Some(grammar) = tools.and_then(|t| t.grammar) {
+            sampling.grammar = Some(grammar);
+        }
+        Ok(Generate { messages, raw_prompt: None, sampling, threads: None })
     }
+
+    /// `Some(parallel_tool_calls)` when the answer may be a tool call (tools given,
+    /// `tool_choice` not `none`).
+    pub fn tools_active(&self) -> Option<bool> {
+        let active = self.tools.as_ref().is_some_and(|t| !t.is_empty())
+            && self.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
+        active.then(|| self.parallel_tool_calls.unwrap_or(true))
+    }
+}
+
+/// Sampling options beyond OpenAI's basic ones, shared by chat and text completions.
+pub struct Extras<'a> {
+    /// `response_format`.
+    pub response_format: Option<&'a Value>,
+    /// `grammar` (GBNF).
+    pub grammar: Option<String>,
+    /// `presence_penalty`.
+    pub presence_penalty: Option<f32>,
+    /// `frequency_penalty`.
+    pub frequency_penalty: Option<f32>,
+    /// `repeat_penalty`.
+    pub repeat_penalty: Option<f32>,
+    /// `min_p`.
+    pub min_p: Option<f32>,
+    /// `logit_bias`.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+}
+
+/// Validates the extras into `sampling`.
+pub fn apply_sampling_extras(sampling: &mut Sampling, e: Extras<'_>) -> Result<(), ApiError> {
+    let from_format = match e.response_format {
+        Some(format) => response_format_grammar(format)?,
+        None => None,
+    };
+    sampling.grammar = match (from_format, e.grammar) {
+        (Some(_), Some(_)) => return Err(invalid("grammar", "give response_format or grammar, not both")),
+        (Some(g), None) => Some(g),
+        (None, Some(g)) if g.trim().is_empty() => return Err(invalid("grammar", "grammar is empty")),
+        (None, g) => g,
+    };
+    for (param, value, slot) in [
+        ("presence_penalty", e.presence_penalty, &mut sampling.presence_penalty),
+        ("frequency_penalty", e.frequency_penalty, &mut sampling.frequency_penalty),
+    ] {
+        if let Some(v) = value {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(invalid(param, format!("{param} must be between -2 and 2")));
+            }
+            *slot = v;
+        }
+    }
+    if let Some(v) = e.repeat_penalty {
+        if !(0.0..=10.0).contains(&v) || v == 0.0 {
+            return Err(invalid("repeat_penalty", "repeat_penalty must be in (0, 10] (1 = off)"));
+        }
+        sampling.repeat_penalty = v;
+    }
+    if let Some(v) = e.min_p {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(invalid("min_p", "min_p must be between 0 and 1"));
+        }
+        sampling.min_p = v;
+    }
+    if let Some(biases) = e.logit_bias {
+        if biases.len() > 300 {
+            return Err(invalid("logit_bias", "at most 300 biased tokens"));
+        }
+        for (token, bias) in biases {
+            let id: i32 = token
+                .parse()
+                .map_err(|_| invalid("logit_bias", format!("logit_bias key `{token}` is not a token id")))?;
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(invalid("logit_bias", "logit_bias values must be between -100 and 100"));
+            }
+            sampling.logit_bias.push((id, bias));
+        }
+    }
+    Ok(())
 }
 
 /// Identifies one completion in its response or chunks, and builds their shapes.
@@ -248,6 +447,16 @@ impl Meta {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         Self { id: format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32), created, model }
+    }
+
+    /// The completion's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Unix seconds it was created.
+    pub fn created(&self) -> u64 {
+        self.created
     }
 
     /// A `chat.completion` with one choice (callers add `usage` and the rest).

@@ -80,6 +80,36 @@ pub struct KeySampling {
     /// Stop strings, sorted and deduplicated.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// sha256 of what else shapes the answer (the grammar from `response_format`/`grammar`,
+    /// penalties, min-p, logit bias), when any is set: a JSON answer is never served for a
+    /// plain question, nor the reverse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
+}
+
+/// The hash of the answer-shaping settings beyond temperature, top-p/k and stops.
+fn constraint_of(s: &Sampling) -> Option<String> {
+    let plain = s.grammar.is_none()
+        && s.min_p == 0.0
+        && s.presence_penalty == 0.0
+        && s.frequency_penalty == 0.0
+        && s.repeat_penalty == 1.0
+        && s.logit_bias.is_empty();
+    if plain {
+        return None;
+    }
+    let mut h = Sha256::new();
+    field(&mut h, s.grammar.as_deref().unwrap_or(""));
+    for v in [s.min_p, s.presence_penalty, s.frequency_penalty, s.repeat_penalty] {
+        h.update(v.to_bits().to_le_bytes());
+    }
+    let mut bias = s.logit_bias.clone();
+    bias.sort_by_key(|(t, _)| *t);
+    for (t, b) in bias {
+        h.update(t.to_le_bytes());
+        h.update(b.to_bits().to_le_bytes());
+    }
+    Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl KeySampling {
@@ -96,6 +126,7 @@ impl KeySampling {
             seed: if greedy { None } else { sampling.seed },
             max_tokens: sampling.max_tokens,
             stop,
+            constraint: constraint_of(sampling),
         }
     }
 
@@ -131,6 +162,11 @@ impl KeySampling {
         h.update(self.max_tokens.to_le_bytes());
         for s in &self.stop {
             field(h, s);
+        }
+        // Only when set, so keys of plain requests stay as they were.
+        if let Some(c) = &self.constraint {
+            h.update(b"constraint\0");
+            field(h, c);
         }
     }
 }
@@ -227,8 +263,14 @@ impl Query {
     }
 
     pub(crate) fn from_normalized(messages: Vec<Message>, sampling: Option<KeySampling>) -> Self {
-        let key = key_of(&messages, sampling.as_ref());
-        let semantic = single_turn(&messages);
+        let mut key = key_of(&messages, sampling.as_ref());
+        let mut semantic = single_turn(&messages);
+        // A constrained answer (a JSON schema, a grammar, penalties) only matches an answer
+        // made under the same constraint: no imported plain answers, no semantic hits.
+        if sampling.as_ref().is_some_and(|s| s.constraint.is_some()) {
+            key.any = key.full;
+            semantic = None;
+        }
         Self { key, messages, sampling, semantic, embedding: None }
     }
 
@@ -284,7 +326,20 @@ mod tests {
             max_tokens: 256,
             stop: Vec::new(),
             logprobs: None,
+            ..Sampling::defaults(&crate::config::GenerationConfig::default())
         }
+    }
+
+    #[test]
+    fn a_grammar_or_penalty_changes_the_key_and_plain_keys_stay_as_they_were() {
+        let m = [msg("user", "Is water wet?")];
+        let plain = exact_key(&m, &sampling(0.0));
+        let json = exact_key(&m, &Sampling { grammar: Some("root ::= \"{}\"".into()), ..sampling(0.0) });
+        let penalised = exact_key(&m, &Sampling { presence_penalty: 0.5, ..sampling(0.0) });
+        assert_ne!(plain.full, json.full);
+        assert_ne!(plain.full, penalised.full);
+        assert_ne!(json.full, penalised.full);
+        assert!(KeySampling::from_sampling(&sampling(0.0)).constraint.is_none());
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! The credentials files: the API key (read at start, and again after a 401) and the extra CA
 //! certificates. The key goes into the `Authorization` header only; it is blanked out of every
 //! message that could quote it.
+//!
+//! Under systemd the key is a credential: `LoadCredential=cloud-api-key:...` puts it in
+//! `$CREDENTIALS_DIRECTORY/cloud-api-key`, readable by the service alone, and that file is used
+//! when `cloud.api_key_file` is unset.
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::sync::PoisonError;
 
 use reqwest::header::HeaderValue;
@@ -78,6 +83,21 @@ impl Endpoint {
     }
 }
 
+/// The name of the systemd credential holding the API key.
+pub const CREDENTIAL_NAME: &str = "cloud-api-key";
+
+/// The key file to use: `cloud.api_key_file` when set, else the systemd credential
+/// `$CREDENTIALS_DIRECTORY/cloud-api-key` when that file exists (`credentials_dir` is the
+/// variable's value), else none.
+pub(super) fn key_file(configured: Option<&Path>, credentials_dir: Option<&OsStr>) -> Option<PathBuf> {
+    if let Some(path) = configured {
+        return Some(path.to_path_buf());
+    }
+    let dir = Path::new(credentials_dir.filter(|d| !d.is_empty())?);
+    let path = dir.join(CREDENTIAL_NAME);
+    path.is_file().then_some(path)
+}
+
 /// Reads the key file given at start; its path names every error.
 pub(super) fn read_key(path: &Path) -> Result<ApiKey, CloudError> {
     let key_error = |source| CloudError::KeyFile { path: path.to_path_buf(), source };
@@ -94,4 +114,37 @@ pub(super) fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, CloudErr
         return Err(ca_error("the file holds no PEM certificate".to_owned()));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_credential_is_used_only_when_no_key_file_is_configured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let creds = dir.path().as_os_str();
+        let configured = Path::new("/etc/outpost/cloud.key");
+
+        // No credential yet: nothing, or the configured file.
+        assert_eq!(key_file(None, Some(creds)), None);
+        assert_eq!(key_file(None, None), None);
+        assert_eq!(key_file(Some(configured), Some(creds)), Some(configured.to_path_buf()));
+
+        let credential = dir.path().join(CREDENTIAL_NAME);
+        std::fs::write(&credential, "sk-from-systemd\n").expect("write the credential");
+        assert_eq!(key_file(None, Some(creds)), Some(credential.clone()));
+        assert_eq!(key_file(Some(configured), Some(creds)), Some(configured.to_path_buf()), "config wins");
+        assert_eq!(key_file(None, None), None, "no $CREDENTIALS_DIRECTORY");
+        assert_eq!(key_file(None, Some(OsStr::new(""))), None, "empty $CREDENTIALS_DIRECTORY");
+        let key = read_key(&credential).expect("the credential holds a key");
+        assert_eq!(key.secret, "sk-from-systemd");
+    }
+
+    #[test]
+    fn a_directory_named_like_the_credential_is_not_a_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join(CREDENTIAL_NAME)).expect("mkdir");
+        assert_eq!(key_file(None, Some(dir.path().as_os_str())), None);
+    }
 }

@@ -50,9 +50,10 @@ pub struct CloudConfig {
     pub url: Option<String>,
     /// The model to ask for: it replaces the `model` of every forwarded request.
     pub model: String,
-    /// A file holding the API key (systemd credentials: `%d/cloud-key`), sent as a bearer token.
-    /// Read at start, and read again once when the cloud answers 401 (the key was rotated).
-    /// Unset: no `Authorization` header.
+    /// A file holding the API key, sent as a bearer token. Read at start, and read again once
+    /// when the cloud answers 401 (the key was rotated). Unset: the systemd credential
+    /// `$CREDENTIALS_DIRECTORY/cloud-api-key` if it exists (`LoadCredential=cloud-api-key:...`),
+    /// else no `Authorization` header.
     pub api_key_file: Option<PathBuf>,
     /// Extra PEM root certificate(s) to trust besides the system's (a private cloud, tests).
     pub ca_file: Option<PathBuf>,
@@ -285,7 +286,16 @@ impl Cloud {
     /// a cloud that is `NotConfigured` and whose calls fail with [`CloudError::NotConfigured`].
     pub fn new(config: &CloudConfig, metrics: Arc<Metrics>) -> Result<Self, CloudError> {
         let endpoint = match &config.url {
-            Some(_) => Some(Arc::new(Endpoint::new(config, metrics.clone())?)),
+            Some(_) => {
+                let config = CloudConfig {
+                    api_key_file: credentials::key_file(
+                        config.api_key_file.as_deref(),
+                        std::env::var_os("CREDENTIALS_DIRECTORY").as_deref(),
+                    ),
+                    ..config.clone()
+                };
+                Some(Arc::new(Endpoint::new(&config, metrics.clone())?))
+            }
             None => None,
         };
         metrics.set_connectivity(if endpoint.is_some() {

@@ -54,7 +54,23 @@ pub struct Sampling {
     pub stop: Vec<String>,
     /// `Some(n)`: return each token's log-probability and the `n` most likely alternatives.
     pub logprobs: Option<u8>,
+    /// Drops tokens below this share of the most likely token's probability (0 = off).
+    pub min_p: f32,
+    /// OpenAI's presence penalty, -2 to 2 (0 = off), over the last [`PENALTY_LAST_N`] tokens.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty, -2 to 2 (0 = off).
+    pub frequency_penalty: f32,
+    /// llama.cpp's repeat penalty (1 = off).
+    pub repeat_penalty: f32,
+    /// Token id → value added to its logit (-100 bans, 100 forces).
+    pub logit_bias: Vec<(i32, f32)>,
+    /// A GBNF grammar (root rule `root`) the answer must follow: from `response_format`, a
+    /// tool call's schema, or `grammar`.
+    pub grammar: Option<String>,
 }
+
+/// Tokens the penalties look back over (llama-server's default).
+pub const PENALTY_LAST_N: i32 = 64;
 
 impl Sampling {
     /// The configured defaults.
@@ -67,6 +83,12 @@ impl Sampling {
             max_tokens: config.max_tokens,
             stop: Vec::new(),
             logprobs: None,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repeat_penalty: 1.0,
+            logit_bias: Vec::new(),
+            grammar: None,
         }
     }
 }
@@ -76,6 +98,9 @@ impl Sampling {
 pub struct Generate {
     /// The conversation so far.
     pub messages: Vec<ChatMessage>,
+    /// A raw prompt to complete instead of the conversation under the chat template
+    /// (`/v1/completions`).
+    pub raw_prompt: Option<String>,
     /// Sampling parameters.
     pub sampling: Sampling,
     /// llama.cpp threads for this request (the power mode's limit); `None` = `model.threads`.
@@ -177,6 +202,15 @@ pub enum GenerateError {
     /// The chat template could not be applied to the messages.
     #[error("cannot apply the chat template: {0}")]
     Template(String),
+    /// A sampling parameter the model cannot honour (a grammar llama.cpp rejects, a token id
+    /// outside the vocabulary).
+    #[error("{message}")]
+    Invalid {
+        /// The request parameter.
+        param: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// llama.cpp failed while evaluating.
     #[error("inference failed: {0}")]
     Inference(String),
@@ -241,8 +275,21 @@ pub(crate) struct Job {
 
 /// Messages to the owner thread outside the request queue.
 pub(crate) enum Control {
-    /// Replace the model (the old one is freed after the swap).
+    /// Replace the model (the old one is freed after the swap, once no request runs).
     Swap(Box<loaded::LoadedModel>, oneshot::Sender<Arc<ModelInfo>>),
+    /// Tokenize text with the model's vocabulary (between two batches).
+    Tokenize { text: String, add_special: bool, reply: oneshot::Sender<Result<Vec<Token>, GenerateError>> },
+    /// Turn token ids back into text.
+    Detokenize { tokens: Vec<i32>, reply: oneshot::Sender<Result<String, GenerateError>> },
+}
+
+/// One token of `tokenize`: its id and its text.
+#[derive(Clone, Debug, Serialize)]
+pub struct Token {
+    /// The id.
+    pub id: i32,
+    /// Its text (lossy UTF-8 of its bytes).
+    pub piece: String,
 }
 
 /// State shared between the handle and the owner thread.
@@ -373,7 +420,23 @@ impl Engine {
         }
     }
 
-    /// The model being served, if any.
+    /// The tokens of `text` under the loaded model's vocabulary (`add_special`: with BOS etc.).
+    pub async fn tokenize(&self, text: String, add_special: bool) -> Result<Vec<Token>, GenerateError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Tokenize { text, add_special, reply })
+            .map_err(|_| GenerateError::NotLoaded)?;
+        rx.await.map_err(|_| GenerateError::NotLoaded)?
+    }
+
+    /// The text of token ids under the loaded model's vocabulary.
+    pub async fn detokenize(&self, tokens: Vec<i32>) -> Result<String, GenerateError> {
+        let (reply, rx) = oneshot::channel();
+        self.control.send(Control::Detokenize { tokens, reply }).map_err(|_| GenerateError::NotLoaded)?;
+        rx.await.map_err(|_| GenerateError::NotLoaded)?
+    }
+
+    /// The model being served.
     pub fn model(&self) -> Option<Arc<ModelInfo>> {
         self.shared.model.read().ok().and_then(|m| m.clone())
     }

@@ -5,23 +5,61 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{TokenLogprob, TopLogprob};
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
-/// Greedy at temperature 0, else top-k → top-p → temperature → seeded draw.
-pub(super) fn sampler_for(sampling: &super::Sampling) -> LlamaSampler {
-    if sampling.temperature <= 0.0 {
-        return LlamaSampler::greedy();
-    }
+use super::{GenerateError, TokenLogprob, TopLogprob};
+
+/// The request's sampler chain, in llama-server's order: logit bias, penalties, the grammar
+/// (masking what it does not allow), then greedy at temperature 0, else top-k → top-p → min-p →
+/// temperature → seeded draw.
+pub(super) fn sampler_for(model: &LlamaModel, s: &super::Sampling) -> Result<LlamaSampler, GenerateError> {
+    let n_vocab = model.n_vocab();
     let mut chain = Vec::new();
-    if sampling.top_k > 0 {
-        chain.push(LlamaSampler::top_k(i32::try_from(sampling.top_k).unwrap_or(i32::MAX)));
+    if !s.logit_bias.is_empty() {
+        let mut biases = Vec::with_capacity(s.logit_bias.len());
+        for &(token, bias) in &s.logit_bias {
+            if token < 0 || token >= n_vocab {
+                return Err(GenerateError::Invalid {
+                    param: "logit_bias",
+                    message: format!("logit_bias names token {token}; the vocabulary has {n_vocab} tokens"),
+                });
+            }
+            biases.push(LlamaLogitBias::new(LlamaToken(token), bias));
+        }
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
-    if sampling.top_p < 1.0 {
-        chain.push(LlamaSampler::top_p(sampling.top_p, 1));
+    if s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            super::PENALTY_LAST_N,
+            s.repeat_penalty,
+            s.frequency_penalty,
+            s.presence_penalty,
+        ));
     }
-    chain.push(LlamaSampler::temp(sampling.temperature));
-    chain.push(LlamaSampler::dist(sampling.seed.unwrap_or_else(rand::random)));
-    LlamaSampler::chain_simple(chain)
+    if let Some(grammar) = &s.grammar {
+        let sampler = LlamaSampler::grammar(model, grammar, "root").map_err(|e| GenerateError::Invalid {
+            param: "grammar",
+            message: format!("llama.cpp cannot use this grammar: {e}"),
+        })?;
+        chain.push(sampler);
+    }
+    if s.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+        return Ok(LlamaSampler::chain_simple(chain));
+    }
+    if s.top_k > 0 {
+        chain.push(LlamaSampler::top_k(i32::try_from(s.top_k).unwrap_or(i32::MAX)));
+    }
+    if s.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(s.top_p, 1));
+    }
+    if s.min_p > 0.0 {
+        chain.push(LlamaSampler::min_p(s.min_p, 1));
+    }
+    chain.push(LlamaSampler::temp(s.temperature));
+    chain.push(LlamaSampler::dist(s.seed.unwrap_or_else(rand::random)));
+    Ok(LlamaSampler::chain_simple(chain))
 }
 
 /// The chosen token's log-probability under the raw distribution (one pass over the logits:

@@ -118,7 +118,7 @@ impl Worker {
         loop {
             self.shared.beat();
             while let Ok(message) = control.try_recv() {
-                self.swap = Some(message);
+                self.control(message);
             }
             if self.running() == 0 {
                 if let Some(message) = self.swap.take() {
@@ -132,7 +132,7 @@ impl Worker {
             }
             crossbeam_channel::select! {
                 recv(control) -> message => match message {
-                    Ok(message) => self.swap = Some(message),
+                    Ok(message) => self.control(message),
                     Err(_) => return,
                 },
                 recv(jobs) -> job => match job {
@@ -171,6 +171,52 @@ impl Worker {
         }
     }
 
+    /// A swap waits until no request runs; the rest is answered now.
+    fn control(&mut self, message: Control) {
+        match message {
+            Control::Swap(..) => self.swap = Some(message),
+            Control::Tokenize { text, add_special, reply } => {
+                let result = match self.current.as_ref() {
+                    None => Err(GenerateError::NotLoaded),
+                    Some(loaded) => Ok(loaded.cell.with_dependent(|model, _| {
+                        let vocab = model.vocab();
+                        vocab
+                            .tokenize(text.as_bytes(), add_special, true)
+                            .into_iter()
+                            .map(|t| super::Token {
+                                id: t.0,
+                                piece: String::from_utf8_lossy(&vocab.token_to_piece(t, true, None))
+                                    .into_owned(),
+                            })
+                            .collect()
+                    })),
+                };
+                let _ = reply.send(result);
+            }
+            Control::Detokenize { tokens, reply } => {
+                let result = match self.current.as_ref() {
+                    None => Err(GenerateError::NotLoaded),
+                    Some(loaded) => loaded.cell.with_dependent(|model, _| {
+                        let vocab = model.vocab();
+                        let n = model.n_vocab();
+                        let mut bytes = Vec::new();
+                        for &id in &tokens {
+                            if id < 0 || id >= n {
+                                return Err(GenerateError::Invalid {
+                                    param: "tokens",
+                                    message: format!("token {id} is outside the vocabulary of {n} tokens"),
+                                });
+                            }
+                            bytes.extend(vocab.token_to_piece(LlamaToken(id), false, None));
+                        }
+                        Ok(String::from_utf8_lossy(&bytes).into_owned())
+                    }),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
     fn handle(&mut self, message: Control) {
         match message {
             Control::Swap(loaded, reply) => {
@@ -184,6 +230,7 @@ impl Worker {
                 tracing::info!(model = %info.id, file = %info.file.display(), "model swapped in");
                 let _ = reply.send(info);
             }
+            other => self.control(other),
         }
     }
 
@@ -251,7 +298,19 @@ impl Worker {
         let context = self.settings.context;
         let info = loaded.info.clone();
         let template = &loaded.template;
-        let prompt = loaded.cell.with_dependent(|model, _| tokenize(model, template, &request));
+        let prepared = loaded.cell.with_dependent(|model, _| {
+            Ok::<_, GenerateError>((
+                tokenize(model, template, &request)?,
+                sampler_for(model, &request.sampling)?,
+            ))
+        });
+        let (prompt, sampler) = match prepared {
+            Ok((tokens, sampler)) => (Ok(tokens), sampler),
+            Err(err) => {
+                let _ = events.send(Event::Failed(err));
+                return true;
+            }
+        };
         let tokens = match prompt {
             Ok(t) if t.is_empty() || t.len() >= context as usize => {
                 let n = u32::try_from(t.len()).unwrap_or(u32::MAX);
@@ -291,7 +350,7 @@ impl Worker {
         slot.run = Some(Running {
             ticket: self.tickets,
             events,
-            sampler: sampler_for(&sampling),
+            sampler,
             text: TextStream::new(&sampling.stop),
             token_logprobs: Vec::with_capacity(usize::try_from(sampling.max_tokens).unwrap_or(0).min(4096)),
             sampling,
@@ -483,12 +542,16 @@ fn finish(slot: &mut Slot, metrics: &Metrics, reason: FinishReason) {
     }
 }
 
-/// The prompt's tokens under the chat template.
+/// The prompt's tokens: the raw prompt (with the model's BOS), else the messages under the chat
+/// template.
 fn tokenize(
     model: &LlamaModel,
     template: &llama_cpp_2::model::LlamaChatTemplate,
     request: &Generate,
 ) -> Result<Vec<LlamaToken>, GenerateError> {
+    if let Some(raw) = &request.raw_prompt {
+        return Ok(model.vocab().tokenize(raw.as_bytes(), true, false));
+    }
     let messages = request
         .messages
         .iter()

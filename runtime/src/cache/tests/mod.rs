@@ -45,6 +45,7 @@ pub(super) fn sampling(temperature: f32) -> Sampling {
         max_tokens: 256,
         stop: Vec::new(),
         logprobs: None,
+        ..Sampling::defaults(&crate::config::GenerationConfig::default())
     }
 }
 

@@ -1,0 +1,274 @@
+//! Tool calling on the local model, for every chat template (the generic tool prompt):
+//!
+//! - the tools are described in a system message: each function's name, description and JSON
+//!   schema, and the instruction to answer with `<tool_call>{"name": ..., "arguments": {...}}
+//!   </tool_call>` (the Hermes/Qwen format, which small instruct models follow best);
+//! - earlier assistant `tool_calls` and `role: "tool"` results are written into the
+//!   conversation in the same format (`<tool_response>`), so any template renders them;
+//! - `tool_choice: "required"` or a named function constrains generation with a grammar: the
+//!   call's JSON must be valid for that function's parameters schema (llama.cpp's converter);
+//!   `"auto"` lets the model choose; `"none"` describes no tools;
+//! - the answer is parsed into OpenAI `tool_calls`: Hermes/Qwen `<tool_call>` blocks, Llama 3.x
+//!   bare `{"name", "arguments"|"parameters"}` JSON, Mistral `[TOOL_CALLS] [...]`.
+//!
+//! Rendering with the GGUF's own Jinja template (for models trained on tools) is not done yet.
+
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+
+/// How the model must use the tools.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Choice {
+    /// It may call one or answer in text.
+    Auto,
+    /// It must call one of them.
+    Required,
+    /// It must call this one.
+    Named(String),
+}
+
+/// The tools of a request, ready for the prompt and the grammar.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    /// The system text describing them.
+    pub prompt: String,
+    /// The grammar a required or named call is generated under.
+    pub grammar: Option<String>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest { message: message.into(), param: Some("tools") }
+}
+
+/// The functions of `tools` as (name, description, parameters schema).
+fn functions(tools: &[Value]) -> Result<Vec<(String, String, Value)>, ApiError> {
+    let mut out = Vec::new();
+    for (i, t) in tools.iter().enumerate() {
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(invalid(format!("tools[{i}]: only type \"function\" is supported")));
+        }
+        let f = t.get("function").ok_or_else(|| invalid(format!("tools[{i}] has no `function`")))?;
+        let name = f.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
+        let name = name.ok_or_else(|| invalid(format!("tools[{i}].function needs a `name`")))?;
+        let description = f.get("description").and_then(Value::as_str).unwrap_or("").to_owned();
+        let parameters =
+            f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        out.push((name.to_owned(), description, parameters));
+    }
+    Ok(out)
+}
+
+/// Prepares `tools` under `tool_choice`; `None` when no tool may be called.
+pub fn prepare(
+    tools: &[Value],
+    tool_choice: Option<&Value>,
+    parallel: Option<bool>,
+) -> Result<Option<Tools>, ApiError> {
+    let fns = functions(tools)?;
+    let choice = match tool_choice {
+        None => Choice::Auto,
+        Some(Value::String(s)) if s == "auto" => Choice::Auto,
+        Some(Value::String(s)) if s == "none" => return Ok(None),
+        Some(Value::String(s)) if s == "required" => Choice::Required,
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if fns.iter().any(|(n, _, _)| n == name) => Choice::Named(name.to_owned()),
+            Some(name) => return Err(invalid(format!("tool_choice names `{name}`, which is not in tools"))),
+            None => return Err(invalid("tool_choice must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\"}}")),
+        },
+    };
+    let mut prompt = String::from(
+        "You can call functions. To call one, answer with nothing but\n<tool_call>\n{\"name\": \"<function name>\", \"arguments\": {<arguments as JSON>}}\n</tool_call>\nThe functions:\n",
+    );
+    for (name, description, parameters) in &fns {
+        prompt.push_str(&format!("- {name}: {description}\n  parameters: {parameters}\n"));
+    }
+    if !parallel.unwrap_or(true) {
+        prompt.push_str("Call at most one function.\n");
+    }
+    if choice == Choice::Auto {
+        prompt.push_str("If no function is needed, answer the user directly.");
+    }
+    let grammar = match &choice {
+        Choice::Auto => None,
+        Choice::Required | Choice::Named(_) => {
+            let call = |name: &str, params: &Value| {
+                json!({"type": "object", "properties": {"name": {"const": name}, "arguments": params},
+                       "required": ["name", "arguments"], "additionalProperties": false})
+            };
+            let schema = match &choice {
+                Choice::Named(n) => {
+                    let (_, _, p) =
+                        fns.iter().find(|(f, _, _)| f == n).ok_or_else(|| invalid("unknown tool"))?;
+                    call(n, p)
+                }
+                _ => json!({"anyOf": fns.iter().map(|(n, _, p)| call(n, p)).collect::<Vec<_>>()}),
+            };
+            let inner = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+                invalid(format!("the local engine cannot constrain calls to these parameters ({e})"))
+            })?;
+            // The converter's root becomes the call inside the Hermes tags.
+            let inner = inner.replacen("root ::=", "tool-call-json ::=", 1);
+            Some(format!("root ::= \"<tool_call>\\n\" tool-call-json \"\\n</tool_call>\"\n{inner}"))
+        }
+    };
+    Ok(Some(Tools { prompt, grammar }))
+}
+
+/// An assistant message's `tool_calls` as text in the prompt.
+pub fn calls_as_text(calls: &Value) -> String {
+    let mut text = String::new();
+    for call in calls.as_array().into_iter().flatten() {
+        let name = call.pointer("/function/name").cloned().unwrap_or(Value::Null);
+        let args = match call.pointer("/function/arguments") {
+            Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+            Some(v) => v.clone(),
+            None => json!({}),
+        };
+        text.push_str(&format!("<tool_call>\n{}\n</tool_call>\n", json!({"name": name, "arguments": args})));
+    }
+    text
+}
+
+/// A `role: "tool"` message as text in the prompt.
+pub fn result_as_text(content: &str, call_id: Option<&str>) -> String {
+    match call_id {
+        Some(id) => format!("<tool_response id=\"{id}\">\n{content}\n</tool_response>"),
+        None => format!("<tool_response>\n{content}\n</tool_response>"),
+    }
+}
+
+/// The calls in a model's answer, in OpenAI's shape, and the text outside them; `None` if it
+/// holds no call.
+pub fn parse_calls(text: &str) -> Option<(String, Vec<Value>)> {
+    let mut calls = Vec::new();
+    let mut rest = String::new();
+    let mut found = |v: &Value| {
+        let name = v.get("name").and_then(Value::as_str)?;
+        let args = v.get("arguments").or_else(|| v.get("parameters")).cloned().unwrap_or(json!({}));
+        let args = match args {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        Some(json!({"id": format!("call_{:016x}", rand::random::<u64>()), "type": "function",
+                    "function": {"name": name, "arguments": args}}))
+    };
+    // Hermes/Qwen: <tool_call>{...}</tool_call>, possibly several.
+    if text.contains("<tool_call>") {
+        let mut s = text;
+        while let Some(start) = s.find("<tool_call>") {
+            rest.push_str(&s[..start]);
+            let after = &s[start + "<tool_call>".len()..];
+            let end = after.find("</tool_call>").unwrap_or(after.len());
+            if let Ok(v) = serde_json::from_str::<Value>(after[..end].trim()) {
+                calls.extend(found(&v));
+            }
+            s = after.get(end + "</tool_call>".len()..).unwrap_or("");
+        }
+        rest.push_str(s);
+    } else if let Some(after) = text.trim_start().strip_prefix("[TOOL_CALLS]") {
+        // Mistral: [TOOL_CALLS] [{"name", "arguments"}, ...]
+        if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(after.trim()) {
+            calls.extend(items.iter().filter_map(&mut found));
+        }
+    } else if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
+        // Llama 3.x: a bare {"name", "parameters"} object.
+        calls.extend(found(&v));
+    }
+    (!calls.is_empty()).then(|| (rest.trim().to_owned(), calls))
+}
+
+/// A local chat completion with its text parsed: calls become `tool_calls` (`content` keeps
+/// any text around them, else null) and `finish_reason` becomes `tool_calls`.
+pub fn answer(mut body: Value, parallel: bool) -> Value {
+    let text = body.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("").to_owned();
+    if let Some((rest, mut calls)) = parse_calls(&text) {
+        if !parallel {
+            calls.truncate(1);
+        }
+        let message = &mut body["choices"][0]["message"];
+        message["content"] = if rest.is_empty() { Value::Null } else { json!(rest) };
+        message["tool_calls"] = json!(calls);
+        body["choices"][0]["finish_reason"] = json!("tool_calls");
+    }
+    body
+}
+
+/// The same answer as OpenAI streams it: a role chunk, the content or one chunk per call (name
+/// and whole arguments), the finish chunk (with the `outpost` report), usage if asked, `[DONE]`.
+pub fn as_stream(
+    meta: &super::openai::Meta,
+    body: &Value,
+    include_usage: bool,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::Event;
+    let data = |v: Value| Ok(Event::default().data(v.to_string()));
+    let message = &body["choices"][0]["message"];
+    let mut events = vec![data(meta.chunk(json!({"role": "assistant", "content": ""}), None, None))];
+    if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
+        events.push(data(meta.chunk(json!({"content": text}), None, None)));
+    }
+    for (i, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        let delta = json!({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                           "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}}]});
+        events.push(data(meta.chunk(delta, None, None)));
+    }
+    let finish = body["choices"][0]["finish_reason"].as_str().unwrap_or("stop");
+    let mut last = meta.chunk(json!({}), Some(finish), None);
+    last["outpost"] = body["outpost"].clone();
+    events.push(data(last));
+    if include_usage {
+        let mut usage = meta.chunk(json!({}), None, None);
+        usage["choices"] = json!([]);
+        usage["usage"] = body["usage"].clone();
+        events.push(data(usage));
+    }
+    events.push(Ok(Event::default().data("[DONE]")));
+    axum::response::sse::Sse::new(futures::stream::iter(events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_common_call_formats() {
+        let (rest, calls) = parse_calls(
+            "Sure.<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+        )
+        .unwrap_or_default();
+        assert_eq!(rest, "Sure.");
+        assert_eq!(calls[0]["function"]["name"], "weather");
+        assert_eq!(calls[0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+        let (_, calls) = parse_calls("{\"name\": \"f\", \"parameters\": {\"x\": 1}}").unwrap_or_default();
+        assert_eq!(calls[0]["function"]["arguments"], "{\"x\":1}");
+        let (_, calls) = parse_calls(
+            "[TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {}}, {\"name\": \"b\", \"arguments\": {}}]",
+        )
+        .unwrap_or_default();
+        assert_eq!(calls.len(), 2);
+        assert!(parse_calls("The capital of France is Paris.").is_none());
+        assert!(parse_calls("{\"city\": \"Paris\"}").is_none(), "JSON without a name is no call");
+    }
+
+    #[test]
+    fn required_and_named_calls_get_a_grammar_none_gets_no_tools() {
+        let tools = vec![json!({"type": "function", "function": {"name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})];
+        let named =
+            prepare(&tools, Some(&json!({"type": "function", "function": {"name": "weather"}})), None);
+        let grammar = named.ok().flatten().and_then(|t| t.grammar).unwrap_or_default();
+        assert!(grammar.starts_with("root ::= \"<tool_call>\\n\" tool-call-json"), "{grammar}");
+        assert!(prepare(&tools, Some(&json!("none")), None).ok().flatten().is_none());
+        assert!(prepare(&tools, Some(&json!("auto")), None)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.grammar.is_none()));
+        assert!(
+            prepare(&tools, Some(&json!({"type": "function", "function": {"name": "nope"}})), None).is_err()
+        );
+        assert!(prepare(&[json!({"type": "retrieval"})], None, None).is_err());
+    }
+}
