@@ -79,6 +79,11 @@ pub struct ModelConfig {
     /// `chatml`, `llama3`, `gemma`, or a template text. Unset: the GGUF's own template, else
     /// ChatML.
     pub chat_template: Option<String>,
+    /// Start even when the memory estimate (`outpost validate`, `docs/boards.md`) says the
+    /// model, its KV cache and the rest do not fit in the memory this process may use (the
+    /// cgroup's `memory.max`, else `MemAvailable`). Off: `outpost serve` refuses to start, with
+    /// the estimate in its error, instead of being killed by the OOM killer mid-request.
+    pub allow_overcommit: bool,
 }
 
 impl Default for ModelConfig {
@@ -93,6 +98,7 @@ impl Default for ModelConfig {
             gpu_layers: 0,
             flash_attention: None,
             chat_template: None,
+            allow_overcommit: false,
         }
     }
 }
@@ -154,11 +160,16 @@ impl ApiConfig {
                         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
                 })
                 .unwrap_or(0);
-            match total_kib / (1024 * 1024) {
-                0..=2 => 1,
-                3..=5 => 2,
-                _ => 4,
-            }
+            self.parallel_for_memory(total_kib * 1024)
+        })
+    }
+
+    /// `parallel` on a board with `total_bytes` of memory (`outpost validate --device`).
+    pub fn parallel_for_memory(&self, total_bytes: u64) -> u32 {
+        self.parallel.unwrap_or(match total_bytes / (1024 * 1024 * 1024) {
+            0..=2 => 1,
+            3..=5 => 2,
+            _ => 4,
         })
     }
 }

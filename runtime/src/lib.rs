@@ -18,8 +18,10 @@
 //! - [`fleet`]: the MQTT agent: fleet commands, status and telemetry.
 //! - [`synth`]: synthetic GGUF models (random weights, real architecture and tokenizer) for tests
 //!   and board qualification.
+//! - [`board`]: device profiles, the memory estimate (`outpost validate`), `outpost bench`.
 
 pub mod api;
+pub mod board;
 pub mod cache;
 pub mod cascade;
 pub mod client;

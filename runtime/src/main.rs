@@ -4,7 +4,9 @@
 //! - 0: stopped cleanly,
 //! - 1: failed (restartable: the unit restarts it),
 //! - 78 (`EX_CONFIG`): the configuration is invalid; restarting cannot help
-//!   (`RestartPreventExitStatus=78`).
+//!   (`RestartPreventExitStatus=78`). `serve` also exits 78 when the model, as configured,
+//!   does not fit the memory it may use (`model.allow_overcommit` lifts that check).
+//! - `validate`: 0 fits, 10 tight, 11 does not fit (`docs/boards.md`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -108,6 +110,56 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         prompt: Vec<String>,
     },
+    /// Estimate whether the configured model fits a board's memory: each part, the total, a
+    /// verdict (exit 0 fits, 10 tight, 11 does not fit) and the largest context that fits.
+    Validate {
+        /// A board (`pi5-8gb`, `jetson-orin-nano-8gb`, ...; see docs/boards.md) or `auto`.
+        #[arg(long, value_name = "NAME", default_value = "auto")]
+        device: String,
+        /// Base config file; drop-ins are read from `config.d/` beside it.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// A GGUF file instead of the configured `model.path`.
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Where `/proc` and `/etc` are read from for `auto` (tests).
+        #[arg(long, hide = true, env = "OUTPOST_SYSROOT", default_value = "/")]
+        sysroot: PathBuf,
+    },
+    /// Qualify this board: load time, prompt and decode speed, latency, peak memory, power and
+    /// temperature, on a synthesized preset (no download) or a given model.
+    Bench {
+        /// A GGUF file to bench instead of a preset.
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// The preset synthesized (into a temporary directory) when no model is given.
+        #[arg(long, value_enum, default_value = "0.5b")]
+        preset: Preset,
+        /// The preset's tensor type.
+        #[arg(long, value_enum, default_value = "q4_k_m")]
+        quant: Quant,
+        /// llama.cpp threads (0: every core).
+        #[arg(long, default_value_t = 0)]
+        threads: u32,
+        /// Context per request.
+        #[arg(long, default_value_t = 2048)]
+        context: u32,
+        /// Prompt lengths measured, in tokens.
+        #[arg(long, value_delimiter = ',', default_values_t = [128, 512, 1024])]
+        prompt_lengths: Vec<u32>,
+        /// Tokens generated for the decode figures.
+        #[arg(long, default_value_t = 128)]
+        gen_tokens: u32,
+        /// One JSON object on stdout (no progress bar).
+        #[arg(long)]
+        json: bool,
+        /// Where `/sys` and `/proc` are read from (tests).
+        #[arg(long, hide = true, env = "OUTPOST_SYSROOT", default_value = "/")]
+        sysroot: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +195,14 @@ fn main() -> ExitCode {
             if let Some(config) = err.downcast_ref::<ConfigError>() {
                 eprintln!("outpost: invalid configuration: {config}");
                 return ExitCode::from(EXIT_CONFIG);
+            }
+            if let Some(outpost::serve::ServeError::Memory(fit)) = err.downcast_ref() {
+                eprintln!("outpost: {fit}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            if let Some(verdict) = err.downcast_ref::<outpost::board::validate::NotFits>() {
+                eprintln!("outpost: {verdict}");
+                return ExitCode::from(verdict.verdict.exit_code());
             }
             let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
             eprintln!("outpost: {}", chain.join(": "));
@@ -247,6 +307,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if finish == "length" {
                 eprintln!("(answer cut at max_tokens)");
             }
+        }
+        Command::Validate { device, config, model, json, sysroot } => {
+            use outpost::board::validate;
+            let config = load_config(config)?;
+            let report = validate::for_config(&config, model.as_deref(), &device, &sysroot)?;
+            let text = if json { serde_json::to_string(&report)? } else { report.text() };
+            let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
+            if report.verdict != validate::Verdict::Fits {
+                return Err(validate::NotFits { verdict: report.verdict, device: report.device.name }.into());
+            }
+        }
+        Command::Bench {
+            model,
+            preset,
+            quant,
+            threads,
+            context,
+            prompt_lengths,
+            gen_tokens,
+            json,
+            sysroot,
+        } => {
+            let threads = match threads {
+                0 => std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2)),
+                n => n,
+            };
+            let options = outpost::board::bench::BenchOptions {
+                model,
+                preset,
+                quant,
+                threads,
+                context,
+                prompt_lengths,
+                gen_tokens,
+                sysroot,
+                progress: !json,
+            };
+            let report = outpost::board::bench::run(&options)?;
+            let text = if json { serde_json::to_string(&report)? } else { report.text() };
+            let _ = writeln!(std::io::stdout(), "{}", text.trim_end());
         }
     }
     Ok(())

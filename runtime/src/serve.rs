@@ -41,6 +41,9 @@ pub enum ServeError {
     /// The fleet agent could not be set up (its TLS files, password or state directory).
     #[error("cannot set up fleet control: {0}")]
     Fleet(#[from] outpost_common::mqtt::MqttError),
+    /// The model, as configured, does not fit the memory this process may use.
+    #[error(transparent)]
+    Memory(#[from] crate::board::DoesNotFit),
     /// The engine thread or a signal handler could not start.
     #[error("cannot start {what}: {source}")]
     Start {
@@ -57,6 +60,9 @@ fn status(text: &str) {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), ServeError> {
+    if !config.model.allow_overcommit {
+        crate::board::fit::check(&config, &crate::board::fit::sysroot())?;
+    }
     let config = Arc::new(config);
     let socket_path: PathBuf = config.api.socket.clone();
     let mut sigterm = signal(SignalKind::terminate())

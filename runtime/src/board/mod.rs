@@ -1,0 +1,20 @@
+//! Boards: device profiles, the memory estimate and `outpost validate`, the start-up memory
+//! check of `outpost serve`, and `outpost bench` (see `docs/boards.md`).
+//!
+//! - [`profiles`]: the qualified boards and `auto` detection.
+//! - [`estimate`]: the memory a model and configuration take, part by part.
+//! - [`validate`]: the estimate against a board, its verdict and exit code.
+//! - [`fit`]: the check `outpost serve` makes against the memory it may use.
+//! - [`repack`]: which weights llama.cpp's CPU backend repacks (they stay resident twice).
+//! - [`bench`]: speed, memory, power and temperature of a model on this board.
+//! - [`sensors`]: power rails and thermal zones in sysfs.
+
+pub mod bench;
+pub mod estimate;
+pub mod fit;
+pub mod profiles;
+pub mod repack;
+pub mod sensors;
+pub mod validate;
+
+pub use fit::DoesNotFit;
