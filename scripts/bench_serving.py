@@ -444,7 +444,7 @@ def run_all(args, work, result, have_server, have_bench):
             notes.append(f"Outpost answered the warm-up by route {op['warmup_route']!r}, not 'local'")
     finally:
         stop(proc)
-    op["flash_attn"] = args.flash_attn or "default (model.flash_attention unset: off on the CPU)"
+    op["flash_attn"] = args.flash_attn or "default (model.flash_attention unset: auto since 2026-12-07, off on the CPU before)"
     op["parallel"] = parallel
     result["notes"] += notes
     return ls, op, sizer

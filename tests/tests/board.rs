@@ -58,10 +58,10 @@ fn validate_says_fits_then_does_not_fit_with_a_huge_context() {
     assert_eq!(report["max_context"], 4096);
     assert_eq!(report["max_context_limit"], "trained-context");
 
-    // A million tokens of context: the attention scores alone are gigabytes.
+    // Four million tokens of context: the KV cache alone is 4 GiB (1 KiB per cell).
     let dir = tempfile::tempdir().unwrap();
     let huge = config(dir.path(), &model, "[router]\nenabled = false\n");
-    let text = std::fs::read_to_string(&huge).unwrap().replace("context = 1024", "context = 1048576");
+    let text = std::fs::read_to_string(&huge).unwrap().replace("context = 1024", "context = 4194304");
     std::fs::write(&huge, text).unwrap();
     let (out, report) = validate(&huge);
     assert_eq!(out.status.code(), Some(11), "{report}");

@@ -193,6 +193,7 @@ fn peak_rss() -> u64 {
 async fn timed(engine: &Engine, text: String, sampling: Sampling) -> Result<Timed, BenchError> {
     let request = Generate {
         messages: vec![ChatMessage { role: "user".into(), content: text }],
+        raw_prompt: None,
         sampling,
         threads: None,
     };
@@ -227,8 +228,7 @@ fn sampling(max_tokens: u32, temperature: f32, seed: u32) -> Sampling {
         top_k: 40,
         seed: Some(seed),
         max_tokens,
-        stop: Vec::new(),
-        logprobs: None,
+        ..Sampling::defaults(&crate::config::GenerationConfig::default())
     }
 }
 
