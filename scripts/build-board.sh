@@ -21,10 +21,11 @@
 # instructions the A76 has. Here a thin compiler wrapper rewrites those two flags instead of
 # patching the registry copy: -march=<cpu> -> -mcpu=<cpu>, -march=armv8-a -> $ARM_ARCH.
 #
-# cuda needs Python 3 and pip (it installs nvidia-cuda-nvcc-cu12, nvidia-cuda-runtime-cu12 and
-# nvidia-cublas-cu12 into target/cuda/toolkit/ and lays them out as a CUDA toolkit). Only
-# CUDA_ARCHS (default 87, Jetson Orin's compute capability) are compiled; each one more costs
-# about as long again.
+# cuda needs Python 3 and pip: it installs CUDA 13's compiler, runtime and cuBLAS wheels into
+# target/cuda/toolkit/ (they form a toolkit tree, nvidia/cu13/). Only CUDA_ARCHS (default 87,
+# Jetson Orin's compute capability) are compiled; each one more costs about as long again. It
+# builds `cuda-no-vmm`, Jetson's variant (a plain `cuda` build also links libcuda, the driver,
+# which no wheel has).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -84,39 +85,44 @@ EOF
 }
 
 cuda() {
-    local toolkit=$target_dir/cuda/toolkit archs=${CUDA_ARCHS:-87}
+    # CUDA 13's wheels carry the whole compiler (nvcc, cudafe++, cicc in nvidia-nvvm, the crt
+    # headers); the cu12 "nvcc" wheels hold only ptxas. Pinned to what was built and reported.
+    local site=$target_dir/cuda/toolkit archs=${CUDA_ARCHS:-87}
+    local toolkit=$site/nvidia/cu13
     if [ ! -x "$toolkit/bin/nvcc" ]; then
-        echo "== CUDA toolkit from PyPI wheels into $toolkit"
-        local py=${PYTHON:-python3} site=$target_dir/cuda/wheels
-        "$py" -m pip install -q --target "$site" nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12 \
-            nvidia-cublas-cu12 nvidia-cuda-cccl-cu12
-        rm -rf "$toolkit"
-        mkdir -p "$toolkit/lib64"
-        # The wheels split the toolkit by library; nvcc's own tree has bin/, include/, nvvm/.
-        cp -a "$site/nvidia/cuda_nvcc/." "$toolkit/"
-        for part in cuda_runtime cublas cuda_cccl; do
-            [ -d "$site/nvidia/$part/include" ] && cp -a "$site/nvidia/$part/include/." "$toolkit/include/"
-            [ -d "$site/nvidia/$part/lib" ] && cp -a "$site/nvidia/$part/lib/." "$toolkit/lib64/"
-        done
+        echo "== CUDA toolkit from PyPI wheels into $site"
+        "${PYTHON:-python3}" -m pip install -q --no-deps --target "$site" \
+            nvidia-cuda-nvcc==13.5.37 nvidia-cuda-crt==13.5.37 nvidia-nvvm==13.5.37 \
+            nvidia-cuda-runtime==13.5.37 nvidia-cublas==13.10.0.20 nvidia-cuda-cccl==13.3.5.0.6
         # Linkers look for the unversioned names, which the wheels leave out.
-        (cd "$toolkit/lib64" && for lib in lib*.so.*; do
+        (cd "$toolkit/lib" && for lib in lib*.so.*; do
             base=${lib%%.so.*}.so; [ -e "$base" ] || ln -s "$lib" "$base"; done)
-        chmod +x "$toolkit"/bin/* "$toolkit"/nvvm/bin/* 2>/dev/null || true
+        [ -e "$toolkit/lib64" ] || ln -s lib "$toolkit/lib64"
     fi
     "$toolkit/bin/nvcc" --version | tail -2
+    # llama-cpp-sys-2 links cuBLAS statically on Linux (cublas_static, cublasLt_static, culibos),
+    # which no wheel ships: empty stand-ins satisfy those names and the shared cuBLAS is linked
+    # instead (a JetPack or CUDA toolkit install has the static ones; nothing of this is needed
+    # there). No libcuda (the driver) either: `cuda-no-vmm` does not link it.
+    local shim=$target_dir/cuda/shim
+    mkdir -p "$shim"
+    for l in cublas_static cublasLt_static culibos; do [ -e "$shim/lib$l.a" ] || ar rc "$shim/lib$l.a"; done
     export CUDA_PATH=$toolkit CUDA_HOME=$toolkit CUDACXX=$toolkit/bin/nvcc
     export PATH=$toolkit/bin:$PATH
-    export LIBRARY_PATH=$toolkit/lib64:$toolkit/lib64/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}
     export CMAKE_CUDA_ARCHITECTURES=$archs
     export CARGO_TARGET_DIR=$target_dir/cuda
-    echo "== cargo build --release --features outpost/cuda (CUDA archs $archs)"
-    nice cargo build --release --locked -p outpost --features outpost/cuda
+    export RUSTFLAGS="-C target-cpu=native -L native=$shim -L native=$toolkit/lib \
+        -C link-arg=-Wl,-Bdynamic -C link-arg=-lcublas -C link-arg=-lcublasLt \
+        -C link-arg=-Wl,-rpath,$toolkit/lib"
+    echo "== cargo build --release --features outpost/cuda-no-vmm (CUDA archs $archs)"
+    nice cargo build --release --locked -p outpost --features outpost/cuda-no-vmm
     echo "   $(took)"
     local bin=$CARGO_TARGET_DIR/release/outpost
     ls -l "$bin"
-    # The CUDA backend is linked in: its kernels' host stubs and cuBLAS.
-    nm -C "$bin" | grep -c 'ggml_cuda' | sed 's/^/   ggml_cuda symbols: /'
-    LD_LIBRARY_PATH=$toolkit/lib64 ldd "$bin" | grep -E 'cuda|cublas' || true
+    # The CUDA backend is in: its symbols, cuBLAS and cudart linked.
+    echo "   ggml_cuda symbols: $(nm -C "$bin" | grep -c 'ggml_cuda' || true)"
+    ldd "$bin" | grep -E 'cublas|cudart' || true
+    "$bin" --version
 }
 
 case "${1:-}" in

@@ -42,7 +42,7 @@ const MIB: u64 = 1024 * 1024;
 /// The process without a model: code (about 19 MiB of the binary is resident), llama.cpp's CPU
 /// backend and thread pool, tokio, buffers. Fitted with the others below to the peak RSS of
 /// the `tiny`, `0.5b`, `1b` presets and SmolLM2 (`docs/boards.md`).
-pub const RUNTIME_BASE: u64 = 28 * MIB;
+pub const RUNTIME_BASE: u64 = 26 * MIB;
 /// Bytes llama.cpp keeps per vocabulary entry (token text twice, its piece cache, score, type,
 /// hash-map node) and, transiently while loading, the GGUF metadata copy.
 pub const PER_VOCAB_ENTRY: u64 = 200;

@@ -387,10 +387,16 @@ impl Worker {
             .collect();
         order.sort_by_key(|(t, _)| *t);
         let needs: Vec<Need> = order.into_iter().map(|(_, n)| n).collect();
-        let shares = plan(&needs, self.settings.batch_tokens());
+        let mut shares = plan(&needs, self.settings.batch_tokens());
         if shares.is_empty() {
             return;
         }
+        // The plan decides who gets tokens (oldest first); the batch lists them by sequence id.
+        // With one KV stream per sequence, llama.cpp splits a batch into micro-batches of
+        // *consecutive, increasing* sequence ids (`split_equal`, sequential): in admission
+        // order, four streams on sequences 2, 0, 3, 1 took three forward passes per step
+        // instead of one, each reading every weight again.
+        shares.sort_by_key(|share| self.slots[share.slot].seq);
         let Some(loaded) = self.current.as_mut() else {
             for i in 0..self.slots.len() {
                 if self.slots[i].run.is_some() {
