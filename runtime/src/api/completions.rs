@@ -129,7 +129,7 @@ impl CompletionRequest {
             },
         )?;
         let generate =
-            Generate { messages: Vec::new(), raw_prompt: Some(prompt), sampling: s, threads: None };
+            Generate { messages: Vec::new(), raw_prompt: Some(prompt), sampling: s, threads: None, tools: None };
         Ok((generate, self.stream.unwrap_or(false)))
     }
 }
