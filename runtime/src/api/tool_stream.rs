@@ -510,9 +510,15 @@ mod tests {
         assert!(parser.push("<tool_").is_empty(), "a possible tag is held");
         assert!(parser.push("call>\n{\"name\": \"get_we").is_empty(), "no call before its name is whole");
         let first = parser.push("ather\", \"arguments\": {\"ci");
-        assert!(matches!(&first[0], Delta::CallStart { index: 0, name, .. } if name == "get_weather"), "{first:?}");
+        assert!(
+            matches!(&first[0], Delta::CallStart { index: 0, name, .. } if name == "get_weather"),
+            "{first:?}"
+        );
         assert_eq!(first[1], Delta::Arguments { index: 0, text: "{\"ci".into() });
-        assert_eq!(parser.push("ty\": \"Paris\"}"), [Delta::Arguments { index: 0, text: "ty\": \"Paris\"}".into() }]);
+        assert_eq!(
+            parser.push("ty\": \"Paris\"}"),
+            [Delta::Arguments { index: 0, text: "ty\": \"Paris\"}".into() }]
+        );
         assert!(parser.push("}\n</tool_call>").is_empty());
         assert!(parser.finish().is_empty());
         // Only the first call when calls are not parallel.

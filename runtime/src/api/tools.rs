@@ -99,9 +99,13 @@ pub fn prepare(
     let grammar = match &choice {
         Choice::Auto => None,
         Choice::Required | Choice::Named(_) => {
+            // Written by hand so that `name` comes before `arguments` (serde_json sorts keys, and
+            // llama.cpp's converter keeps the schema's order): the call streams from its name.
             let call = |name: &str, params: &Value| {
-                json!({"type": "object", "properties": {"name": {"const": name}, "arguments": params},
-                       "required": ["name", "arguments"], "additionalProperties": false})
+                format!(
+                    "{{\"type\": \"object\", \"properties\": {{\"name\": {{\"const\": {}}}, \"arguments\": {params}}}, \"required\": [\"name\", \"arguments\"], \"additionalProperties\": false}}",
+                    json!(name)
+                )
             };
             let schema = match &choice {
                 Choice::Named(n) => {
@@ -109,9 +113,12 @@ pub fn prepare(
                         fns.iter().find(|(f, _, _)| f == n).ok_or_else(|| invalid("unknown tool"))?;
                     call(n, p)
                 }
-                _ => json!({"anyOf": fns.iter().map(|(n, _, p)| call(n, p)).collect::<Vec<_>>()}),
+                _ => format!(
+                    "{{\"anyOf\": [{}]}}",
+                    fns.iter().map(|(n, _, p)| call(n, p)).collect::<Vec<_>>().join(", ")
+                ),
             };
-            let inner = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+            let inner = llama_cpp_2::json_schema_to_grammar(&schema).map_err(|e| {
                 invalid(format!("the local engine cannot constrain calls to these parameters ({e})"))
             })?;
             // The converter's root becomes the call inside the Hermes tags.
@@ -159,7 +166,10 @@ pub fn structured_message(
         let called = || {
             let id = call_id?;
             earlier.iter().rev().find_map(|m| {
-                m["tool_calls"].as_array()?.iter().find(|c| c["id"].as_str() == Some(id))?
+                m["tool_calls"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["id"].as_str() == Some(id))?
                     .pointer("/function/name")
                     .cloned()
             })

@@ -142,7 +142,8 @@ fn without_generation_tags(source: &str) -> String {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
         let end = tag.find("%}").map_or(tag.len(), |e| e + 2);
-        let inner = tag[2..end.saturating_sub(2).max(2)].trim_matches(|c: char| c == '-' || c.is_whitespace());
+        let inner =
+            tag[2..end.saturating_sub(2).max(2)].trim_matches(|c: char| c == '-' || c.is_whitespace());
         if inner != "generation" && inner != "endgeneration" {
             out.push_str(&tag[..end]);
         }

@@ -33,12 +33,21 @@ fn smollm2s_own_template_renders_plain_chats_as_llama_cpp_does() {
     assert!(!template.takes_tools, "SmolLM2's template has no tool format");
     let chats: [&[(&str, &str)]; 3] = [
         &[("system", "You are terse."), ("user", "What is the capital of France?")],
-        &[("system", "Be kind."), ("user", "Hi"), ("assistant", "Hello! How can I help?"), ("user", "Tell a joke.")],
+        &[
+            ("system", "Be kind."),
+            ("user", "Hi"),
+            ("assistant", "Hello! How can I help?"),
+            ("user", "Tell a joke."),
+        ],
         &[("system", "Ünïcödé 🦀 and \"quotes\"\n\tand tabs"), ("user", "  spaced  ")],
     ];
     for chat in chats {
         let ours = template
-            .render(&chat.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(), None, true)
+            .render(
+                &chat.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(),
+                None,
+                true,
+            )
             .expect("renders");
         let messages: Vec<LlamaChatMessage> =
             chat.iter().map(|(r, c)| LlamaChatMessage::new((*r).into(), (*c).into()).unwrap()).collect();
@@ -120,11 +129,19 @@ fn helpers_behave_as_in_hugging_face_templates() {
         render("{{ messages[0] | tojson(indent=2, ensure_ascii=True) }}"),
         "{\n  \"content\": \"  H\\u00e9llo <b> \",\n  \"role\": \"user\"\n}"
     );
-    assert_eq!(render("{{ {'b': 1, 'a': [true, none, 1.5]} | tojson(sort_keys=true) }}"), "{\"a\": [true, null, 1.5], \"b\": 1}");
+    assert_eq!(
+        render("{{ {'b': 1, 'a': [true, none, 1.5]} | tojson(sort_keys=true) }}"),
+        "{\"a\": [true, null, 1.5], \"b\": 1}"
+    );
     assert_eq!(render("{% for k, v in messages[0].items() %}{{ k }}={{ 'y' if v.startswith('  H') else 'n' }};{% endfor %}"), "content=y;role=n;");
-    assert_eq!(render("{%- for m in messages %}\n  {%- if true %}{% break %}{% endif %}x\n{%- endfor %}"), "");
+    assert_eq!(
+        render("{%- for m in messages %}\n  {%- if true %}{% break %}{% endif %}x\n{%- endfor %}"),
+        ""
+    );
     assert_eq!(render("{{ strftime_now('%Y') | length }}"), "4");
     // 2024-07-26 14:05:09 UTC (Llama 3.1's default date).
-    assert_eq!(strftime("%d %b %Y, %A %j %I:%M:%S %p %%", 1_722_002_709), "26 Jul 2024, Friday 208 02:05:09 PM %");
+    assert_eq!(
+        strftime("%d %b %Y, %A %j %I:%M:%S %p %%", 1_722_002_709),
+        "26 Jul 2024, Friday 208 02:05:09 PM %"
+    );
 }
-

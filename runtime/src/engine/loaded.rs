@@ -276,7 +276,9 @@ fn choose_template(model: &LlamaModel, configured: Option<&str>) -> (ChatTemplat
                 return (ChatTemplate::Builtin(t), "gguf".into());
             }
         }
-        tracing::warn!("the model's chat template is not one llama.cpp supports; using {DEFAULT_CHAT_TEMPLATE}");
+        tracing::warn!(
+            "the model's chat template is not one llama.cpp supports; using {DEFAULT_CHAT_TEMPLATE}"
+        );
     }
     match builtin(DEFAULT_CHAT_TEMPLATE).or_else(|| LlamaChatTemplate::new(DEFAULT_CHAT_TEMPLATE).ok()) {
         Some(t) => (ChatTemplate::Builtin(t), DEFAULT_CHAT_TEMPLATE.into()),

@@ -544,7 +544,11 @@ fn finish(slot: &mut Slot, metrics: &Metrics, reason: FinishReason) {
 
 /// The prompt's tokens: the raw prompt (with the model's BOS), else the messages under the chat
 /// template.
-fn tokenize(model: &LlamaModel, template: &ChatTemplate, request: &Generate) -> Result<Vec<LlamaToken>, GenerateError> {
+fn tokenize(
+    model: &LlamaModel,
+    template: &ChatTemplate,
+    request: &Generate,
+) -> Result<Vec<LlamaToken>, GenerateError> {
     if let Some(raw) = &request.raw_prompt {
         return Ok(model.vocab().tokenize(raw.as_bytes(), true, false));
     }
@@ -560,7 +564,11 @@ fn tokenize(model: &LlamaModel, template: &ChatTemplate, request: &Generate) -> 
 
 /// The chat prompt text: a tool request by a Jinja template that takes `tools` in the
 /// template's own format, anything else from the plain messages.
-pub(crate) fn render(model: &LlamaModel, template: &ChatTemplate, request: &Generate) -> Result<String, GenerateError> {
+pub(crate) fn render(
+    model: &LlamaModel,
+    template: &ChatTemplate,
+    request: &Generate,
+) -> Result<String, GenerateError> {
     match template {
         ChatTemplate::Jinja(jinja) => {
             let rendered = match &request.tools {
@@ -583,7 +591,9 @@ pub(crate) fn render(model: &LlamaModel, template: &ChatTemplate, request: &Gene
                 .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| GenerateError::Template("a message contains a NUL character".into()))?;
-            model.apply_chat_template(builtin, &messages, true).map_err(|e| GenerateError::Template(e.to_string()))
+            model
+                .apply_chat_template(builtin, &messages, true)
+                .map_err(|e| GenerateError::Template(e.to_string()))
         }
     }
 }
