@@ -131,6 +131,7 @@ fn main() {
                     messages: vec![ChatMessage { role: "user".into(), content: format!("{run}. {text}") }],
                     sampling,
                     threads: None,
+                    tools: None,
                 };
                 let started = Instant::now();
                 let mut events = engine.submit(request).expect("submit");

@@ -76,8 +76,9 @@ pub struct ModelConfig {
     /// when layers are offloaded to a GPU.
     pub flash_attention: Option<FlashAttention>,
     /// A chat template to use instead of the one in the GGUF: a llama.cpp template name such as
-    /// `chatml`, `llama3`, `gemma`, or a template text. Unset: the GGUF's own template, else
-    /// ChatML.
+    /// `chatml`, `llama3`, `gemma` (llama.cpp's built-in), or Jinja template text (rendered by
+    /// minijinja). Unset: the GGUF's own template by minijinja, else by llama.cpp's built-ins,
+    /// else ChatML.
     pub chat_template: Option<String>,
     /// Start even when the memory estimate (`outpost validate`, `docs/boards.md`) says the
     /// model, its KV cache and the rest do not fit in the memory this process may use (the

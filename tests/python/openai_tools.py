@@ -1,7 +1,8 @@
 """The official `openai` client's tool loop against outpost on the real model: a required call
-(arguments valid for the schema), the tool's result sent back, and the final answer.
+(arguments valid for the schema), the same call streamed and accumulated by the client's own
+stream helper, the tool's result sent back, and the final answer.
 
-Usage: openai_tools.py SOCKET. Prints "call ok" and "answer ok".
+Usage: openai_tools.py SOCKET. Prints "call ok", "stream ok" and "answer ok".
 """
 
 import json
@@ -34,6 +35,20 @@ def main() -> int:
     args = json.loads(call.function.arguments)
     assert isinstance(args["city"], str) and args["city"], args
     print("call ok", call.function.arguments)
+
+    # Streamed: the client's helper accumulates the tool-call deltas (it wants `strict` tools).
+    strict = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    with client.chat.completions.stream(model="local", messages=messages, tools=strict,
+                                        tool_choice="required", temperature=0, max_tokens=80) as stream:
+        deltas = [e for e in stream if e.type == "tool_calls.function.arguments.delta"]
+        streamed = stream.get_final_completion()
+    assert streamed.choices[0].finish_reason == "tool_calls", streamed
+    s_call = streamed.choices[0].message.tool_calls[0]
+    assert s_call.id and s_call.function.name == call.function.name, s_call
+    assert json.loads(s_call.function.arguments) == args, (s_call.function.arguments, args)
+    assert s_call.function.parsed_arguments == args, s_call
+    assert len(deltas) > 1, f"arguments came in {len(deltas)} delta(s)"
+    print("stream ok", len(deltas), "argument deltas")
 
     messages.append(choice.message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps({"city": args["city"], "sky": "sunny", "celsius": 21})})

@@ -86,11 +86,12 @@ fn json_schema_output_follows_the_schema_streamed_and_not() {
             let chunks: Vec<Value> =
                 r.sse_data().iter().filter_map(|d| serde_json::from_str(d).ok()).collect();
             assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"), "{chunks:?}");
-            chunks
-                .iter()
-                .find_map(|c| c["choices"][0]["delta"]["tool_calls"][0].as_object().cloned())
-                .map(Value::Object)
-                .unwrap()
+            // The first delta names the call; its arguments come in the deltas after it.
+            let deltas: Vec<&Value> =
+                chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0)).collect();
+            let arguments: String =
+                deltas.iter().filter_map(|d| d["function"]["arguments"].as_str()).collect();
+            json!({"function": {"name": deltas[0]["function"]["name"], "arguments": arguments}})
         } else {
             let j = r.json();
             assert_eq!(j["choices"][0]["finish_reason"], "tool_calls", "{j}");

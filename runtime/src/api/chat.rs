@@ -264,14 +264,15 @@ impl Request {
         };
         let meta = Meta::new(model.id.clone());
         if let Some(parallel) = self.tools {
-            // The answer is parsed whole: a call's arguments cannot be told from text earlier.
-            let answer = local::collect(events).await?;
-            local::count_answer(&self.state.metrics, &answer.done, self.price());
-            let body = super::tools::answer(answer.body(&meta, &report), parallel);
             let response = if self.stream {
-                super::tools::as_stream(&meta, &body, self.include_usage).into_response()
+                let metrics = self.state.metrics.clone();
+                let (usage, price) = (self.include_usage, self.price());
+                super::tool_stream::stream(meta, events, parallel, usage, report.clone(), metrics, price)
+                    .into_response()
             } else {
-                Json(body).into_response()
+                let answer = local::collect(events).await?;
+                local::count_answer(&self.state.metrics, &answer.done, self.price());
+                Json(super::tools::answer(answer.body(&meta, &report), parallel)).into_response()
             };
             return Ok(with_route(response, &report, &self.state));
         }

@@ -128,8 +128,13 @@ impl CompletionRequest {
                 logit_bias: self.logit_bias,
             },
         )?;
-        let generate =
-            Generate { messages: Vec::new(), raw_prompt: Some(prompt), sampling: s, threads: None };
+        let generate = Generate {
+            messages: Vec::new(),
+            raw_prompt: Some(prompt),
+            sampling: s,
+            threads: None,
+            tools: None,
+        };
         Ok((generate, self.stream.unwrap_or(false)))
     }
 }

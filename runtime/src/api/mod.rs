@@ -15,7 +15,8 @@ pub mod report;
 pub mod socket;
 mod status;
 mod tokens;
-mod tools;
+mod tool_stream;
+pub(crate) mod tools;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -5,7 +5,9 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use crate::config::GenerationConfig;
-use crate::engine::{ChatMessage, Completion, FinishReason, Generate, ModelInfo, Sampling, TokenLogprob};
+use crate::engine::{
+    ChatMessage, Completion, FinishReason, Generate, ModelInfo, Sampling, TokenLogprob, ToolChat,
+};
 
 /// Most alternatives a caller may ask for per token (OpenAI's limit).
 const MAX_TOP_LOGPROBS: u8 = 20;
@@ -146,6 +148,9 @@ pub struct RequestMessage {
     /// A tool message's call id.
     #[serde(default)]
     pub tool_call_id: Option<String>,
+    /// The function a tool message answers (OpenAI leaves it out; it is found by call id).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// Message content: a string or content parts.
@@ -219,6 +224,8 @@ impl ChatRequest {
             return Err(invalid("messages", "messages must contain at least one message"));
         }
         let mut messages = Vec::with_capacity(self.messages.len());
+        // The same conversation as a Jinja chat template with tools takes it.
+        let mut structured = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.into_iter().enumerate() {
             let role = match m.role.as_str() {
                 "system" | "developer" => "system",
@@ -256,6 +263,14 @@ impl ChatRequest {
             if content.contains('\0') {
                 return Err(invalid("messages", format!("messages[{i}].content contains a NUL character")));
             }
+            structured.push(super::tools::structured_message(
+                role,
+                &content,
+                m.tool_calls.as_ref(),
+                m.tool_call_id.as_deref(),
+                m.name.as_deref(),
+                &structured,
+            ));
             // Tool calls and results as text every chat template can render.
             let (role, content) = match role {
                 "assistant" if m.tool_calls.is_some() => {
@@ -346,10 +361,16 @@ impl ChatRequest {
                 logit_bias: self.logit_bias,
             },
         )?;
+        let tool_chat = match (&tools, self.tools) {
+            (Some(_), Some(definitions)) => {
+                Some(std::sync::Arc::new(ToolChat { messages: structured, tools: definitions }))
+            }
+            _ => None,
+        };
         if let Some(grammar) = tools.and_then(|t| t.grammar) {
             sampling.grammar = Some(grammar);
         }
-        Ok(Generate { messages, raw_prompt: None, sampling, threads: None })
+        Ok(Generate { messages, raw_prompt: None, sampling, threads: None, tools: tool_chat })
     }
 
     /// `Some(parallel_tool_calls)` when the answer may be a tool call (tools given,

@@ -1,4 +1,10 @@
-//! Tool calling on the local model, for every chat template (the generic tool prompt):
+//! Tool calling on the local model.
+//!
+//! When the model's chat template is rendered with minijinja (`engine/jinja.rs`) and refers to
+//! `tools` (Qwen 2.5, Llama 3.x, Hermes, Mistral...), a tool request is rendered by the template
+//! itself: `tools`, the assistant's `tool_calls` and the `tool` results in the format the model
+//! was trained on ([`structured_message`]). Otherwise (llama.cpp's built-in templates, or a
+//! template without tools, such as SmolLM2's) the generic tool prompt applies:
 //!
 //! - the tools are described in a system message: each function's name, description and JSON
 //!   schema, and the instruction to answer with `<tool_call>{"name": ..., "arguments": {...}}
@@ -11,7 +17,8 @@
 //! - the answer is parsed into OpenAI `tool_calls`: Hermes/Qwen `<tool_call>` blocks, Llama 3.x
 //!   bare `{"name", "arguments"|"parameters"}` JSON, Mistral `[TOOL_CALLS] [...]`.
 //!
-//! Rendering with the GGUF's own Jinja template (for models trained on tools) is not done yet.
+//! The grammar of a required or named call is the Hermes format whichever template renders
+//! the prompt (the parser reads it for every model). Streamed answers are in `tool_stream.rs`.
 
 use serde_json::{json, Value};
 
@@ -92,9 +99,13 @@ pub fn prepare(
     let grammar = match &choice {
         Choice::Auto => None,
         Choice::Required | Choice::Named(_) => {
+            // Written by hand so that `name` comes before `arguments` (serde_json sorts keys, and
+            // llama.cpp's converter keeps the schema's order): the call streams from its name.
             let call = |name: &str, params: &Value| {
-                json!({"type": "object", "properties": {"name": {"const": name}, "arguments": params},
-                       "required": ["name", "arguments"], "additionalProperties": false})
+                format!(
+                    "{{\"type\": \"object\", \"properties\": {{\"name\": {{\"const\": {}}}, \"arguments\": {params}}}, \"required\": [\"name\", \"arguments\"], \"additionalProperties\": false}}",
+                    json!(name)
+                )
             };
             let schema = match &choice {
                 Choice::Named(n) => {
@@ -102,9 +113,12 @@ pub fn prepare(
                         fns.iter().find(|(f, _, _)| f == n).ok_or_else(|| invalid("unknown tool"))?;
                     call(n, p)
                 }
-                _ => json!({"anyOf": fns.iter().map(|(n, _, p)| call(n, p)).collect::<Vec<_>>()}),
+                _ => format!(
+                    "{{\"anyOf\": [{}]}}",
+                    fns.iter().map(|(n, _, p)| call(n, p)).collect::<Vec<_>>().join(", ")
+                ),
             };
-            let inner = llama_cpp_2::json_schema_to_grammar(&schema.to_string()).map_err(|e| {
+            let inner = llama_cpp_2::json_schema_to_grammar(&schema).map_err(|e| {
                 invalid(format!("the local engine cannot constrain calls to these parameters ({e})"))
             })?;
             // The converter's root becomes the call inside the Hermes tags.
@@ -113,6 +127,58 @@ pub fn prepare(
         }
     };
     Ok(Some(Tools { prompt, grammar }))
+}
+
+/// A message as Hugging Face chat templates take it: text `content`; an assistant's
+/// `tool_calls` with `function.arguments` as a JSON object (OpenAI sends a string); a tool
+/// result's `tool_call_id` and `name` (the called function's, found by call id in `earlier`
+/// when the client left it out).
+pub fn structured_message(
+    role: &str,
+    content: &str,
+    calls: Option<&Value>,
+    call_id: Option<&str>,
+    name: Option<&str>,
+    earlier: &[Value],
+) -> Value {
+    let mut message = json!({"role": role, "content": content});
+    if let Some(Value::Array(calls)) = calls {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|call| {
+                let mut call = call.clone();
+                let parsed = match call.pointer("/function/arguments") {
+                    Some(Value::String(s)) => serde_json::from_str::<Value>(s).ok(),
+                    _ => None,
+                };
+                if let Some(args) = parsed {
+                    call["function"]["arguments"] = args;
+                }
+                call
+            })
+            .collect();
+        message["tool_calls"] = Value::Array(calls);
+    }
+    if role == "tool" {
+        if let Some(id) = call_id {
+            message["tool_call_id"] = json!(id);
+        }
+        let called = || {
+            let id = call_id?;
+            earlier.iter().rev().find_map(|m| {
+                m["tool_calls"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["id"].as_str() == Some(id))?
+                    .pointer("/function/name")
+                    .cloned()
+            })
+        };
+        if let Some(name) = name.map(|n| json!(n)).or_else(called) {
+            message["name"] = name;
+        }
+    }
+    message
 }
 
 /// An assistant message's `tool_calls` as text in the prompt.
@@ -138,6 +204,13 @@ pub fn result_as_text(content: &str, call_id: Option<&str>) -> String {
     }
 }
 
+/// A new tool call id: 9 letters and digits, the shape Mistral's templates insist on when the
+/// call comes back in the conversation (OpenAI's clients take any string).
+pub fn call_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..9).map(|_| char::from(ALPHABET[rand::random::<usize>() % ALPHABET.len()])).collect()
+}
+
 /// The calls in a model's answer, in OpenAI's shape, and the text outside them; `None` if it
 /// holds no call.
 pub fn parse_calls(text: &str) -> Option<(String, Vec<Value>)> {
@@ -150,7 +223,7 @@ pub fn parse_calls(text: &str) -> Option<(String, Vec<Value>)> {
             Value::String(s) => s,
             other => other.to_string(),
         };
-        Some(json!({"id": format!("call_{:016x}", rand::random::<u64>()), "type": "function",
+        Some(json!({"id": call_id(), "type": "function",
                     "function": {"name": name, "arguments": args}}))
     };
     // Hermes/Qwen: <tool_call>{...}</tool_call>, possibly several.
@@ -192,41 +265,6 @@ pub fn answer(mut body: Value, parallel: bool) -> Value {
         body["choices"][0]["finish_reason"] = json!("tool_calls");
     }
     body
-}
-
-/// The same answer as OpenAI streams it: a role chunk, the content or one chunk per call (name
-/// and whole arguments), the finish chunk (with the `outpost` report), usage if asked, `[DONE]`.
-pub fn as_stream(
-    meta: &super::openai::Meta,
-    body: &Value,
-    include_usage: bool,
-) -> axum::response::sse::Sse<
-    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
-    use axum::response::sse::Event;
-    let data = |v: Value| Ok(Event::default().data(v.to_string()));
-    let message = &body["choices"][0]["message"];
-    let mut events = vec![data(meta.chunk(json!({"role": "assistant", "content": ""}), None, None))];
-    if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
-        events.push(data(meta.chunk(json!({"content": text}), None, None)));
-    }
-    for (i, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
-        let delta = json!({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                           "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}}]});
-        events.push(data(meta.chunk(delta, None, None)));
-    }
-    let finish = body["choices"][0]["finish_reason"].as_str().unwrap_or("stop");
-    let mut last = meta.chunk(json!({}), Some(finish), None);
-    last["outpost"] = body["outpost"].clone();
-    events.push(data(last));
-    if include_usage {
-        let mut usage = meta.chunk(json!({}), None, None);
-        usage["choices"] = json!([]);
-        usage["usage"] = body["usage"].clone();
-        events.push(data(usage));
-    }
-    events.push(Ok(Event::default().data("[DONE]")));
-    axum::response::sse::Sse::new(futures::stream::iter(events))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use serde::Serialize;
 
+use super::jinja::{self, JinjaTemplate};
 use super::{backend, LoadError};
 use crate::config::{Config, FlashAttention};
 
@@ -82,7 +83,10 @@ pub struct ModelInfo {
     /// Bytes of that KV cache (f16 K and V: 2 × layers × KV heads × head size × 2 bytes per
     /// cell).
     pub kv_bytes: u64,
-    /// Which chat template applies: `gguf`, `config`, or the default's name.
+    /// Which chat template renders prompts: `gguf-jinja` (the GGUF's own template, by
+    /// minijinja), `config-jinja` (template text from `model.chat_template`, by minijinja),
+    /// `gguf` or `config` (llama.cpp's built-in template that the GGUF's template or the
+    /// configured name matches), or `chatml` (the default).
     pub chat_template: String,
     /// The release version, from a `manifest.json` beside the model file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,10 +110,19 @@ self_cell::self_cell!(
     }
 );
 
+/// How prompts are rendered from messages.
+pub(crate) enum ChatTemplate {
+    /// The Jinja template, compiled by minijinja.
+    Jinja(Box<JinjaTemplate>),
+    /// One of llama.cpp's built-in templates (chosen by name or by its heuristics on the
+    /// template text).
+    Builtin(LlamaChatTemplate),
+}
+
 /// A model ready to serve.
 pub(crate) struct LoadedModel {
     pub(crate) cell: ModelCell,
-    pub(crate) template: LlamaChatTemplate,
+    pub(crate) template: ChatTemplate,
     pub(crate) info: Arc<ModelInfo>,
     pub(crate) batch: u32,
     /// CPU threads of the current context.
@@ -214,41 +227,68 @@ fn kv_bytes_per_cell(model: &LlamaModel) -> u64 {
     2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head * 2
 }
 
-/// The configured template, else the GGUF's if llama.cpp can apply it, else the default.
-fn choose_template(model: &LlamaModel, configured: Option<&str>) -> (LlamaChatTemplate, String) {
+/// The template prompts are rendered with, and its name for `/v1/models`. In order: the
+/// configured one (template text by minijinja, a name or text by llama.cpp), the GGUF's by
+/// minijinja, the GGUF's by llama.cpp's built-ins, ChatML.
+fn choose_template(model: &LlamaModel, configured: Option<&str>) -> (ChatTemplate, String) {
     let probe = LlamaChatMessage::new("user".into(), "hi".into());
-    let usable = |t: &LlamaChatTemplate| match &probe {
-        Ok(m) => model.apply_chat_template(t, std::slice::from_ref(m), true).is_ok(),
-        Err(_) => false,
+    let builtin = |text: &str| {
+        let template = LlamaChatTemplate::new(text).ok()?;
+        let m = probe.as_ref().ok()?;
+        model.apply_chat_template(&template, std::slice::from_ref(m), true).is_ok().then_some(template)
+    };
+    let vocab = model.vocab();
+    // A model without BOS (or EOS) has -1 there: an empty `bos_token`.
+    let special = |t: llama_cpp_2::token::LlamaToken| {
+        if t.0 < 0 || t.0 >= model.n_vocab() {
+            return String::new();
+        }
+        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+    };
+    let (bos, eos) = (special(vocab.bos()), special(vocab.eos()));
+    let compiled = |text: &str, from: &str| match JinjaTemplate::compile(text, &bos, &eos) {
+        Ok(t) => Some(ChatTemplate::Jinja(Box::new(t))),
+        Err(err) => {
+            tracing::warn!(%err, "minijinja cannot use {from}; trying llama.cpp's built-in templates");
+            None
+        }
     };
     if let Some(text) = configured {
-        if let Ok(t) = LlamaChatTemplate::new(text) {
-            if usable(&t) {
-                return (t, "config".into());
+        if jinja::is_template_text(text) {
+            if let Some(t) = compiled(text, "model.chat_template") {
+                return (t, "config-jinja".into());
             }
+        }
+        if let Some(t) = builtin(text) {
+            return (ChatTemplate::Builtin(t), "config".into());
         }
         tracing::warn!(
             template = text,
-            "model.chat_template is not a template llama.cpp can apply; ignoring it"
+            "model.chat_template is neither a template minijinja renders nor one llama.cpp knows; ignoring it"
         );
     }
-    if let Ok(t) = model.chat_template(None) {
-        if usable(&t) {
-            return (t, "gguf".into());
+    if let Ok(text) = model.chat_template(None).map(|t| t.to_string()) {
+        if let Ok(text) = text {
+            if let Some(t) = compiled(&text, "the model's chat template") {
+                return (t, "gguf-jinja".into());
+            }
+            if let Some(t) = builtin(&text) {
+                return (ChatTemplate::Builtin(t), "gguf".into());
+            }
         }
         tracing::warn!(
             "the model's chat template is not one llama.cpp supports; using {DEFAULT_CHAT_TEMPLATE}"
         );
     }
-    match LlamaChatTemplate::new(DEFAULT_CHAT_TEMPLATE) {
-        Ok(t) => (t, DEFAULT_CHAT_TEMPLATE.into()),
+    match builtin(DEFAULT_CHAT_TEMPLATE).or_else(|| LlamaChatTemplate::new(DEFAULT_CHAT_TEMPLATE).ok()) {
+        Some(t) => (ChatTemplate::Builtin(t), DEFAULT_CHAT_TEMPLATE.into()),
         // A constant without NUL bytes always converts.
-        Err(_) => unreachable_template(),
+        None => unreachable_template(),
     }
 }
 
 #[cold]
-fn unreachable_template() -> (LlamaChatTemplate, String) {
+fn unreachable_template() -> (ChatTemplate, String) {
     // `LlamaChatTemplate::new` only fails on interior NUL bytes, which the constant lacks.
     panic!("the default chat template name contains a NUL byte")
 }

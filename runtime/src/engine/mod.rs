@@ -10,6 +10,7 @@
 //! keeps serving the old model; the loaded model is handed over between two requests.
 
 mod backend;
+pub(crate) mod jinja;
 mod loaded;
 mod plan;
 mod sampling;
@@ -105,6 +106,21 @@ pub struct Generate {
     pub sampling: Sampling,
     /// llama.cpp threads for this request (the power mode's limit); `None` = `model.threads`.
     pub threads: Option<u32>,
+    /// A tool request as the model's own Jinja template takes it. Used instead of `messages`
+    /// when the template refers to `tools`; otherwise `messages` (which carry the generic tool
+    /// prompt, calls and results as text) are rendered.
+    pub tools: Option<Arc<ToolChat>>,
+}
+
+/// A tool request in the shape Hugging Face chat templates expect.
+#[derive(Clone, Debug)]
+pub struct ToolChat {
+    /// The conversation: `role` (`system`, `user`, `assistant`, `tool`), `content` (text),
+    /// an assistant's `tool_calls` (`function.arguments` as a JSON object), a tool result's
+    /// `tool_call_id` and the called function's `name`.
+    pub messages: Vec<serde_json::Value>,
+    /// The request's `tools`.
+    pub tools: Vec<serde_json::Value>,
 }
 
 /// A token's log-probability and its most likely alternatives.

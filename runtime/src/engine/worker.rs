@@ -22,7 +22,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::loaded::{LoadSettings, LoadedModel};
+use super::loaded::{ChatTemplate, LoadSettings, LoadedModel};
 use super::plan::{plan, Need};
 use super::sampling::{chosen_logprob, logprob_of, sampler_for};
 use super::text::TextStream;
@@ -552,21 +552,13 @@ fn finish(slot: &mut Slot, metrics: &Metrics, reason: FinishReason) {
 /// template.
 fn tokenize(
     model: &LlamaModel,
-    template: &llama_cpp_2::model::LlamaChatTemplate,
+    template: &ChatTemplate,
     request: &Generate,
 ) -> Result<Vec<LlamaToken>, GenerateError> {
     if let Some(raw) = &request.raw_prompt {
         return Ok(model.vocab().tokenize(raw.as_bytes(), true, false));
     }
-    let messages = request
-        .messages
-        .iter()
-        .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| GenerateError::Template("a message contains a NUL character".into()))?;
-    let prompt = model
-        .apply_chat_template(template, &messages, true)
-        .map_err(|e| GenerateError::Template(e.to_string()))?;
+    let prompt = render(model, template, request)?;
     let vocab = model.vocab();
     let mut tokens = vocab.tokenize(prompt.as_bytes(), true, true);
     let bos = vocab.bos();
@@ -574,6 +566,42 @@ fn tokenize(
         tokens.remove(0); // The template wrote BOS itself.
     }
     Ok(tokens)
+}
+
+/// The chat prompt text: a tool request by a Jinja template that takes `tools` in the
+/// template's own format, anything else from the plain messages.
+pub(crate) fn render(
+    model: &LlamaModel,
+    template: &ChatTemplate,
+    request: &Generate,
+) -> Result<String, GenerateError> {
+    match template {
+        ChatTemplate::Jinja(jinja) => {
+            let rendered = match &request.tools {
+                Some(chat) if jinja.takes_tools => jinja.render(&chat.messages, Some(&chat.tools), true),
+                _ => {
+                    let plain: Vec<serde_json::Value> = request
+                        .messages
+                        .iter()
+                        .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+                        .collect();
+                    jinja.render(&plain, None, true)
+                }
+            };
+            rendered.map_err(|e| GenerateError::Template(e.to_string()))
+        }
+        ChatTemplate::Builtin(builtin) => {
+            let messages = request
+                .messages
+                .iter()
+                .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| GenerateError::Template("a message contains a NUL character".into()))?;
+            model
+                .apply_chat_template(builtin, &messages, true)
+                .map_err(|e| GenerateError::Template(e.to_string()))
+        }
+    }
 }
 
 /// The idle slot for a prompt: the one whose cache shares the longest prefix with it, if that
