@@ -19,12 +19,17 @@ mkdir -p "$demo/models"
 model="${OUTPOST_MODEL:-$PWD/$(./scripts/fetch_model.sh smollm2)}"
 
 socket="$demo/outpost.sock"
+# SmolLM2's own chat template (what Outpost renders by default) adds a default system prompt;
+# with it this 135M model answers the demo's first question in French, and wrongly. The demo
+# uses llama.cpp's ChatML for it, which leaves that prompt out. Your own model keeps its template.
+template=""
+[ -z "${OUTPOST_MODEL:-}" ] && template='chat_template = "chatml"'
 cat > "$demo/outpost.toml" <<TOML
 [model]
 path = "$model"
 context = 4096
 threads = $(nproc)
-
+$template
 [api]
 socket = "$socket"
 

@@ -13,7 +13,12 @@ fn smollm2() -> std::path::PathBuf {
 
 #[test]
 fn the_demo_question_is_answered_with_paris_and_json_follows_its_schema() {
-    let daemon = Daemon::start(&smollm2(), "[model]\nthreads = 2\n[cache]\nenabled = false\n");
+    // The demo's configuration (scripts/demo.sh): llama.cpp's ChatML, without the default system
+    // prompt SmolLM2's own template adds (with it, this 135M model answers in French, wrongly).
+    let daemon = Daemon::start(
+        &smollm2(),
+        "[model]\nthreads = 2\nchat_template = \"chatml\"\n[cache]\nenabled = false\n",
+    );
     let r = daemon.chat(&json!({
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 24, "temperature": 0,
@@ -22,7 +27,7 @@ fn the_demo_question_is_answered_with_paris_and_json_follows_its_schema() {
     let answer = r.json()["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
     assert!(answer.contains("Paris"), "{answer:?}");
     let models = daemon.request("GET", "/v1/models", None).json();
-    assert_eq!(models["data"][0]["chat_template"], "gguf-jinja", "SmolLM2's own template, by minijinja");
+    assert_eq!(models["data"][0]["chat_template"], "config", "the configured built-in template");
 
     let schema = json!({"type": "object", "properties": {
         "city": {"type": "string", "maxLength": 30}, "country": {"type": "string", "maxLength": 30}},
@@ -40,6 +45,8 @@ fn the_demo_question_is_answered_with_paris_and_json_follows_its_schema() {
 #[test]
 fn the_openai_client_tool_loop_works_on_the_real_model() {
     let daemon = Daemon::start(&smollm2(), "[model]\nthreads = 2\n");
+    let models = daemon.request("GET", "/v1/models", None).json();
+    assert_eq!(models["data"][0]["chat_template"], "gguf-jinja", "SmolLM2's own template, by minijinja");
     let script = repo_root().join("tests/python/openai_tools.py");
     let out =
         std::process::Command::new(outpost_e2e::python()).arg(&script).arg(&daemon.socket).output().unwrap();
