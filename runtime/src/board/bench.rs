@@ -194,6 +194,7 @@ async fn timed(engine: &Engine, text: String, sampling: Sampling) -> Result<Time
     let request = Generate {
         messages: vec![ChatMessage { role: "user".into(), content: text }],
         raw_prompt: None,
+        tools: None,
         sampling,
         threads: None,
     };
