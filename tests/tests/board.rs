@@ -58,10 +58,14 @@ fn validate_says_fits_then_does_not_fit_with_a_huge_context() {
     assert_eq!(report["max_context"], 4096);
     assert_eq!(report["max_context_limit"], "trained-context");
 
-    // Four million tokens of context: the KV cache alone is 4 GiB (1 KiB per cell).
+    // A million tokens of context in each of two slots: the KV cache alone is 2 GiB (1 KiB per
+    // cell), the whole board.
     let dir = tempfile::tempdir().unwrap();
     let huge = config(dir.path(), &model, "[router]\nenabled = false\n");
-    let text = std::fs::read_to_string(&huge).unwrap().replace("context = 1024", "context = 4194304");
+    let text = std::fs::read_to_string(&huge)
+        .unwrap()
+        .replace("context = 1024", "context = 1048576")
+        .replace("[api]\n", "[api]\nparallel = 2\n");
     std::fs::write(&huge, text).unwrap();
     let (out, report) = validate(&huge);
     assert_eq!(out.status.code(), Some(11), "{report}");

@@ -129,21 +129,36 @@ pub fn stream(
                         remember.keep(content.clone(), model, crate::cache::Origin::Local, confidence.score);
                     }
                     let reason = openai::finish_reason(done.finish_reason);
-                    let mut finish = meta.chunk(json!({}), Some(reason), None);
-                    finish["outpost"] = report.json();
-                    yield Ok(data(finish));
-                    if include_usage {
-                        let mut last = meta.chunk(json!({}), None, None);
-                        last["choices"] = json!([]);
-                        last["usage"] = openai::usage(&done);
-                        last["timings"] = openai::timings(&done);
-                        yield Ok(data(last));
+                    for event in closing(&meta, reason, &report, &done, include_usage) {
+                        yield Ok(event);
                     }
-                    yield Ok(SseEvent::default().data("[DONE]"));
                     return;
                 }
             }
         }
     };
     Sse::new(body).keep_alive(KeepAlive::default())
+}
+
+/// A stream's last events: the finish chunk with the `outpost` report, the usage chunk (with
+/// llama-server-style `timings`) when the client asked for it, and `[DONE]`.
+pub(super) fn closing(
+    meta: &Meta,
+    reason: &str,
+    report: &Report,
+    done: &Completion,
+    include_usage: bool,
+) -> Vec<SseEvent> {
+    let mut finish = meta.chunk(json!({}), Some(reason), None);
+    finish["outpost"] = report.json();
+    let mut events = vec![SseEvent::default().data(finish.to_string())];
+    if include_usage {
+        let mut last = meta.chunk(json!({}), None, None);
+        last["choices"] = json!([]);
+        last["usage"] = openai::usage(done);
+        last["timings"] = openai::timings(done);
+        events.push(SseEvent::default().data(last.to_string()));
+    }
+    events.push(SseEvent::default().data("[DONE]"));
+    events
 }

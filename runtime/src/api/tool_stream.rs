@@ -413,17 +413,9 @@ pub fn stream(
                     };
                     super::local::count_answer(&metrics, &done, cloud_price_per_1k);
                     let reason = if called { "tool_calls" } else { openai::finish_reason(done.finish_reason) };
-                    let mut finish = meta.chunk(json!({}), Some(reason), None);
-                    finish["outpost"] = report.json();
-                    yield Ok(data(finish));
-                    if include_usage {
-                        let mut last = meta.chunk(json!({}), None, None);
-                        last["choices"] = json!([]);
-                        last["usage"] = openai::usage(&done);
-                        last["timings"] = openai::timings(&done);
-                        yield Ok(data(last));
+                    for event in super::local::closing(&meta, reason, &report, &done, include_usage) {
+                        yield Ok(event);
                     }
-                    yield Ok(SseEvent::default().data("[DONE]"));
                     return;
                 }
             }

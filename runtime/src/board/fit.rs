@@ -139,11 +139,7 @@ fn lines(parts: &[Part]) -> String {
 mod tests {
     use super::*;
 
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
+    use super::super::test_write as write;
 
     #[test]
     fn the_smallest_of_mem_available_and_the_cgroup_limits_wins() {

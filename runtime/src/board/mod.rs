@@ -18,3 +18,12 @@ pub mod sensors;
 pub mod validate;
 
 pub use fit::DoesNotFit;
+
+/// Writes `text` at `rel` under a fake root (`/proc`, `/sys` trees in tests).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn test_write(root: &std::path::Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}

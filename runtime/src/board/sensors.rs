@@ -211,11 +211,7 @@ impl Sampler {
 mod tests {
     use super::*;
 
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
+    use super::super::test_write as write;
 
     /// A Jetson-like tree: an INA3221 with two labelled rails, a battery, two thermal zones.
     fn fake_tree(root: &Path) {
