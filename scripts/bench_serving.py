@@ -413,8 +413,8 @@ def fmt(v, kind):
 
 
 def run_all(args, work, result, have_server, have_bench):
-    """llama-bench, then llama-server, then Outpost, one at a time. Returns (llama-server's
-    measurements or None, Outpost's, the prompt Sizer)."""
+    """llama-bench, then llama-server, then Outpost, then llama-bench again, one at a time.
+    Returns (llama-server's measurements or None, Outpost's, the prompt Sizer)."""
     if have_bench:
         result["llama_bench"] = run_llama_bench(args)
 
@@ -447,6 +447,10 @@ def run_all(args, work, result, have_server, have_bench):
     op["flash_attn"] = args.flash_attn or "default (model.flash_attention unset: auto since 2026-12-07, off on the CPU before)"
     op["parallel"] = parallel
     result["notes"] += notes
+    # The machine's speed can drift between the two servers' turns (a shared VM): llama-bench once
+    # more at the end shows it. A drift beyond a few percent makes the ratios unreliable.
+    if have_bench:
+        result["llama_bench_end"] = run_llama_bench(args)
     return ls, op, sizer
 
 
@@ -489,7 +493,7 @@ def main():
     result = {"model": os.path.abspath(args.model), "model_mib": round(size_mib, 1), "threads": args.threads,
               "parallel": args.parallel, "context_per_request": args.context, "runs": args.runs,
               "max_tokens": args.max_tokens, "router": args.router, "response_cache": False,
-              "flash_attn_requested": args.flash_attn, "llama_bench": None, "llama_server": None, "outpost": None,
+              "flash_attn_requested": args.flash_attn, "llama_bench": None, "llama_bench_end": None, "llama_server": None, "outpost": None,
               "notes": []}
 
     try:
@@ -535,6 +539,12 @@ def main():
         if ls and ls.get("decode_tps"):
             line += f"; llama-server decode / tg64 = {ls['decode_tps'] / bench['tg64']:.2f}x"
         print(line)
+        end = result.get("llama_bench_end") or {}
+        if end.get("tg64"):
+            drift = end["tg64"] / bench["tg64"] - 1
+            warn = " -- the machine's speed drifted: rerun before trusting the ratios" if abs(drift) > 0.05 else ""
+            print(f"llama-bench again after both servers: pp512 {end.get('pp512', 0):.1f} tok/s, tg64 "
+                  f"{end['tg64']:.1f} tok/s ({drift * 100:+.1f} % decode){warn}")
     elif have_bench:
         print("Reference: llama-bench failed (see stderr)")
     else:
