@@ -1,18 +1,70 @@
 //! Per-sequence sampling: the sampler chain for a request, and log-probabilities read from the
 //! logits of one sequence's position in a batch.
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
 use super::{GenerateError, TokenLogprob, TopLogprob};
 
-/// The request's sampler chain, in llama-server's order: logit bias, penalties, the grammar
-/// (masking what it does not allow), then greedy at temperature 0, else top-k → top-p → min-p →
-/// temperature → seeded draw.
-pub(super) fn sampler_for(model: &LlamaModel, s: &super::Sampling) -> Result<LlamaSampler, GenerateError> {
+/// A request's sampling: the chain (logit bias, penalties, then greedy at temperature 0, else
+/// top-k → top-p → min-p → temperature → seeded draw, llama-server's order) and, for structured
+/// output, the grammar.
+///
+/// The grammar is applied lazily, as llama.cpp's common sampler does: a token is first drawn
+/// without it and only checked against it; the grammar masks the whole vocabulary (a costly pass:
+/// constrained decoding ran at half the speed of free decoding) only when that token is refused.
+/// Greedy picks and draws are the same as with the grammar first in the chain: a token the
+/// grammar allows keeps its place in the distribution, which the mask leaves unchanged for it.
+pub(super) struct RequestSampler {
+    chain: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+}
+
+impl RequestSampler {
+    /// The next token from the logits at `index` of `ctx`'s last batch; the samplers accept it.
+    pub(super) fn sample(&mut self, ctx: &LlamaContext<'_>, index: i32) -> LlamaToken {
+        let Some(grammar) = self.grammar.as_mut() else {
+            return self.chain.sample(ctx, index);
+        };
+        let candidates = || {
+            let logits = ctx.get_logits_ith(index);
+            LlamaTokenDataArray::from_iter(
+                logits.iter().enumerate().map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+                false,
+            )
+        };
+        let mut all = candidates();
+        all.apply_sampler(&mut self.chain);
+        let drawn = all.selected_token();
+        let allowed = drawn.is_some_and(|token| {
+            let mut single = LlamaTokenDataArray::from_iter([LlamaTokenData::new(token, 1.0, 0.0)], false);
+            single.apply_sampler(grammar);
+            single.data.first().is_some_and(|d| d.logit().is_finite())
+        });
+        let token = match drawn {
+            Some(token) if allowed => token,
+            _ => {
+                // Refused: the grammar masks everything it does not allow, then the chain draws.
+                let mut all = candidates();
+                all.apply_sampler(grammar);
+                all.apply_sampler(&mut self.chain);
+                all.selected_token().unwrap_or(LlamaToken(0))
+            }
+        };
+        grammar.accept(token);
+        self.chain.accept(token);
+        token
+    }
+}
+
+/// The request's sampler (see [`RequestSampler`]).
+pub(super) fn sampler_for(model: &LlamaModel, s: &super::Sampling) -> Result<RequestSampler, GenerateError> {
     let n_vocab = model.n_vocab();
     let mut chain = Vec::new();
     if !s.logit_bias.is_empty() {
@@ -37,29 +89,29 @@ pub(super) fn sampler_for(model: &LlamaModel, s: &super::Sampling) -> Result<Lla
             s.presence_penalty,
         ));
     }
-    if let Some(grammar) = &s.grammar {
-        let sampler = LlamaSampler::grammar(model, grammar, "root").map_err(|e| GenerateError::Invalid {
+    let grammar = match &s.grammar {
+        Some(grammar) => Some(LlamaSampler::grammar(model, grammar, "root").map_err(|e| GenerateError::Invalid {
             param: "grammar",
             message: format!("llama.cpp cannot use this grammar: {e}"),
-        })?;
-        chain.push(sampler);
-    }
+        })?),
+        None => None,
+    };
     if s.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
-        return Ok(LlamaSampler::chain_simple(chain));
+    } else {
+        if s.top_k > 0 {
+            chain.push(LlamaSampler::top_k(i32::try_from(s.top_k).unwrap_or(i32::MAX)));
+        }
+        if s.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(s.top_p, 1));
+        }
+        if s.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(s.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(s.temperature));
+        chain.push(LlamaSampler::dist(s.seed.unwrap_or_else(rand::random)));
     }
-    if s.top_k > 0 {
-        chain.push(LlamaSampler::top_k(i32::try_from(s.top_k).unwrap_or(i32::MAX)));
-    }
-    if s.top_p < 1.0 {
-        chain.push(LlamaSampler::top_p(s.top_p, 1));
-    }
-    if s.min_p > 0.0 {
-        chain.push(LlamaSampler::min_p(s.min_p, 1));
-    }
-    chain.push(LlamaSampler::temp(s.temperature));
-    chain.push(LlamaSampler::dist(s.seed.unwrap_or_else(rand::random)));
-    Ok(LlamaSampler::chain_simple(chain))
+    Ok(RequestSampler { chain: LlamaSampler::chain_simple(chain), grammar })
 }
 
 /// The chosen token's log-probability under the raw distribution (one pass over the logits:

@@ -18,13 +18,12 @@ use crossbeam_channel::Receiver;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::loaded::{ChatTemplate, LoadSettings, LoadedModel};
 use super::plan::{plan, Need};
-use super::sampling::{chosen_logprob, logprob_of, sampler_for};
+use super::sampling::{chosen_logprob, logprob_of, sampler_for, RequestSampler};
 use super::text::TextStream;
 use super::{Completion, Control, Event, FinishReason, Generate, GenerateError, Job, Sampling, Shared};
 use crate::metrics::Metrics;
@@ -52,7 +51,7 @@ struct Running {
     sampling: Sampling,
     prompt: Vec<LlamaToken>,
     cached_tokens: u32,
-    sampler: LlamaSampler,
+    sampler: RequestSampler,
     text: TextStream,
     generated: u32,
     token_logprobs: Vec<f32>,
