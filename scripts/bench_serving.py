@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Outpost against llama-server on the same GGUF, threads and slots (Python standard library only).
 
-Starts llama.cpp's llama-server (TCP on a free loopback port), measures, stops it; then starts
-`outpost serve` (Unix socket in a temp dir) with the same model, threads and number of parallel
-requests, sends it the very same requests, stops it; and prints one markdown table with both
-systems' values and the ratio Outpost / llama-server:
+Starts llama.cpp's llama-server (TCP on a free loopback port) and `outpost serve` (Unix socket in
+a temp dir) with the same model, threads and number of parallel requests, sends both the very same
+requests, one server at a time but interleaved request by request (A then B, then B then A, ...),
+so that the drift of a shared machine's speed during the run reaches both alike; stops both; and
+prints one markdown table with both systems' values and the ratio Outpost / llama-server:
 
   decode tok/s, one stream          server timings (`predicted_per_second`), median of --runs
   prompt tok/s, cold ~330-token     server timings (`prompt_per_second`); a ~1300-token prompt too
@@ -311,64 +312,94 @@ def timing(r, key):
     return r["timings"][key]
 
 
-def measure(target, w, args):
-    m = {"warmup_route": bs.stream_chat(target, w["warmup"])["route"]}
+def one_decode(target, b):
+    return bs.stream_chat(target, b)
 
-    rs = [bs.stream_chat(target, b) for b in w["decode"]]
-    m["decode_tps"] = median([timing(r, "predicted_per_second") for r in rs])
-    m["decode_tokens"] = [completion_tokens(r) for r in rs]
-    log(f"  decode: {m['decode_tps']:.1f} tok/s ({m['decode_tokens']} tokens)")
 
-    m["prompt"] = {}
+def one_concurrent(target, bodies):
+    results = [None] * len(bodies)
+    gate = threading.Barrier(len(bodies))
+
+    def one(i, b):
+        gate.wait()
+        results[i] = bs.stream_chat(target, b)
+
+    threads = [threading.Thread(target=one, args=(i, b)) for i, b in enumerate(bodies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if any(r is None for r in results):
+        raise SystemExit("a concurrent stream failed")
+    return results
+
+
+def one_apps(target, seq):
+    return [bs.stream_chat(target, b) for b in seq]
+
+
+def interleaved(targets, items, fn):
+    """fn(target, item) for every item on every server, alternating the servers item by item (and
+    which goes first), so that a drift of the machine's speed during the row reaches both alike.
+    Returns {server: [result per item]}."""
+    out = {name: [] for name in targets}
+    names = list(targets)
+    for i, item in enumerate(items):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            out[name].append(fn(targets[name], item))
+    return out
+
+
+def measure(targets, w, args):
+    """Every row on every server in `targets` ({name: target}), interleaved request by request.
+    Returns {name: measurements}."""
+    ms = {name: {"warmup_route": bs.stream_chat(t, w["warmup"])["route"]} for name, t in targets.items()}
+
+    for name, rs in interleaved(targets, w["decode"], one_decode).items():
+        m = ms[name]
+        m["decode_tps"] = median([timing(r, "predicted_per_second") for r in rs])
+        m["decode_tokens"] = [completion_tokens(r) for r in rs]
+        log(f"  {name} decode: {m['decode_tps']:.1f} tok/s ({m['decode_tokens']} tokens)")
+
     for size, bodies in w["prompt"].items():
-        rs = [bs.stream_chat(target, b) for b in bodies]
-        m["prompt"][size] = {"tps": median([timing(r, "prompt_per_second") for r in rs]),
-                             "prompt_n": [timing(r, "prompt_n") for r in rs]}
-        log(f"  prompt ~{size}: {m['prompt'][size]['tps']:.1f} tok/s (prompt_n {m['prompt'][size]['prompt_n']})")
+        for name, rs in interleaved(targets, bodies, one_decode).items():
+            p = ms[name].setdefault("prompt", {})
+            p[size] = {"tps": median([timing(r, "prompt_per_second") for r in rs]),
+                       "prompt_n": [timing(r, "prompt_n") for r in rs]}
+            log(f"  {name} prompt ~{size}: {p[size]['tps']:.1f} tok/s (prompt_n {p[size]['prompt_n']})")
 
-    agg, slowest, tokens = [], [], []
-    for bodies in w["concurrent"]:
-        results = [None] * len(bodies)
-        gate = threading.Barrier(len(bodies))
+    for name, runs in interleaved(targets, w["concurrent"], one_concurrent).items():
+        agg, slowest, tokens = [], [], []
+        for results in runs:
+            n = sum(completion_tokens(r) for r in results)
+            wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+            agg.append(n / wall)
+            slowest.append(max(r["first"] or r["total"] for r in results))
+            tokens.append([completion_tokens(r) for r in results])
+        m = ms[name]
+        m["concurrent_tps"] = median(agg)
+        m["concurrent_slowest_first_ms"] = median(slowest) * 1000
+        m["concurrent_tokens"] = tokens
+        log(f"  {name} {args.parallel} streams: {m['concurrent_tps']:.1f} tok/s, slowest first token "
+            f"{m['concurrent_slowest_first_ms']:.0f} ms ({tokens})")
 
-        def one(i, b):
-            gate.wait()
-            results[i] = bs.stream_chat(target, b)
+    for name, runs in interleaved(targets, w["apps"], one_apps).items():
+        cold, back, sys_n = [], [], []
+        for rs in runs:
+            cold += [r["first"] for r in rs[:2]]
+            back += [r["first"] for r in rs[2:]]
+            sys_n += [(r["usage"] or {}).get("prompt_tokens") for r in rs[:2]]
+        m = ms[name]
+        m["apps_returning_first_ms"] = median(back) * 1000
+        m["apps_cold_first_ms"] = median(cold) * 1000
+        m["apps_prompt_tokens"] = sys_n
+        log(f"  {name} two apps: returning {m['apps_returning_first_ms']:.0f} ms, cold "
+            f"{m['apps_cold_first_ms']:.0f} ms (prompt tokens {sys_n})")
 
-        threads = [threading.Thread(target=one, args=(i, b)) for i, b in enumerate(bodies)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if any(r is None for r in results):
-            raise SystemExit("a concurrent stream failed")
-        n = sum(completion_tokens(r) for r in results)
-        wall = max(r["end"] for r in results) - min(r["start"] for r in results)
-        agg.append(n / wall)
-        slowest.append(max(r["first"] or r["total"] for r in results))
-        tokens.append([completion_tokens(r) for r in results])
-    m["concurrent_tps"] = median(agg)
-    m["concurrent_slowest_first_ms"] = median(slowest) * 1000
-    m["concurrent_tokens"] = tokens
-    log(f"  {args.parallel} streams: {m['concurrent_tps']:.1f} tok/s, slowest first token "
-        f"{m['concurrent_slowest_first_ms']:.0f} ms ({tokens})")
-
-    cold, back, sys_n = [], [], []
-    for seq in w["apps"]:
-        rs = [bs.stream_chat(target, b) for b in seq]
-        cold += [r["first"] for r in rs[:2]]
-        back += [r["first"] for r in rs[2:]]
-        sys_n += [(r["usage"] or {}).get("prompt_tokens") for r in rs[:2]]
-    m["apps_returning_first_ms"] = median(back) * 1000
-    m["apps_cold_first_ms"] = median(cold) * 1000
-    m["apps_prompt_tokens"] = sys_n
-    log(f"  two apps: returning {m['apps_returning_first_ms']:.0f} ms, cold {m['apps_cold_first_ms']:.0f} ms "
-        f"(prompt tokens {sys_n})")
-
-    rs = [bs.stream_chat(target, b) for b in w["short"]]
-    m["short_first_ms"] = median([r["first"] for r in rs]) * 1000
-    log(f"  short prompt: first token {m['short_first_ms']:.0f} ms")
-    return m
+    for name, rs in interleaved(targets, w["short"], one_decode).items():
+        ms[name]["short_first_ms"] = median([r["first"] for r in rs]) * 1000
+        log(f"  {name} short prompt: first token {ms[name]['short_first_ms']:.0f} ms")
+    return ms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,42 +444,41 @@ def fmt(v, kind):
 
 
 def run_all(args, work, result, have_server, have_bench):
-    """llama-bench, then llama-server, then Outpost, then llama-bench again, one at a time.
+    """llama-bench; then llama-server and Outpost both started, the same requests sent to each in
+    turn (interleaved, see `interleaved`), both stopped; then llama-bench again.
     Returns (llama-server's measurements or None, Outpost's, the prompt Sizer)."""
     if have_bench:
         result["llama_bench"] = run_llama_bench(args)
 
-    ls = None
-    sizer = Sizer()
-    workload = None
-    if have_server:
-        proc, target, ready, log_path, cmd = start_llama_server(args, work)
-        try:
+    procs, targets = [], {}
+    sizer, ls_log, ls_cmd = Sizer(), None, None
+    try:
+        if have_server:
+            proc, target, ready, ls_log, ls_cmd = start_llama_server(args, work)
+            procs.append(proc)
             log(f"llama-server healthy after {ready * 1000:.0f} ms")
             sizer = Sizer(target)
-            workload = make_workload(args, sizer)
-            ls = measure(target, workload, args)
-        finally:
-            stop(proc)
-        ls["facts"] = llama_server_facts(log_path)
-        ls["command"] = " ".join(cmd)
-    if workload is None:
+            targets["llama-server"] = target
         workload = make_workload(args, sizer)
-
-    proc, sock_path, ready, notes = start_outpost(args, work)
-    parallel = "unset (this build has no api.parallel)" if notes else str(args.parallel)
-    try:
+        proc, sock_path, ready, notes = start_outpost(args, work)
+        procs.append(proc)
         log(f"outpost READY=1 after {ready * 1000:.0f} ms")
-        op = measure(sock_path, workload, args)
-        if op["warmup_route"] != "local":
-            notes.append(f"Outpost answered the warm-up by route {op['warmup_route']!r}, not 'local'")
+        targets["outpost"] = sock_path
+        ms = measure(targets, workload, args)
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
+    ls, op = ms.get("llama-server"), ms["outpost"]
+    if ls:
+        ls["facts"] = llama_server_facts(ls_log)
+        ls["command"] = " ".join(ls_cmd)
+    if op["warmup_route"] != "local":
+        notes.append(f"Outpost answered the warm-up by route {op['warmup_route']!r}, not 'local'")
     op["flash_attn"] = args.flash_attn or "default (model.flash_attention unset: auto since 2026-12-07, off on the CPU before)"
-    op["parallel"] = parallel
+    op["parallel"] = "unset (this build has no api.parallel)" if notes and "api.parallel" in notes[0] else str(args.parallel)
     result["notes"] += notes
-    # The machine's speed can drift between the two servers' turns (a shared VM): llama-bench once
-    # more at the end shows it. A drift beyond a few percent makes the ratios unreliable.
+    # The machine's speed can drift during the run (a shared VM). Interleaving spreads a drift over
+    # both servers alike; llama-bench once more at the end shows how large it was.
     if have_bench:
         result["llama_bench_end"] = run_llama_bench(args)
     return ls, op, sizer
@@ -512,9 +542,14 @@ def main():
         ratio = b / a if a and b else None
         result["rows"].append({"key": key, "label": label, "llama_server": a, "outpost": b, "ratio": ratio,
                                "kind": kind})
-    bench = result["llama_bench"] or {}
-    if bench.get("tg64") and op.get("decode_tps"):
-        result["outpost_decode_over_tg64"] = op["decode_tps"] / bench["tg64"]
+    bench = dict(result["llama_bench"] or {})
+    end = result.get("llama_bench_end") or {}
+    if bench.get("tg64") and end.get("tg64"):
+        # The servers ran between the two llama-bench runs: their mean is the reference.
+        bench["tg64_mean"] = (bench["tg64"] + end["tg64"]) / 2
+    tg64 = bench.get("tg64_mean") or bench.get("tg64")
+    if tg64 and op.get("decode_tps"):
+        result["outpost_decode_over_tg64"] = op["decode_tps"] / tg64
 
     if args.json:
         print(json.dumps(result, indent=2))
@@ -534,17 +569,21 @@ def main():
     if bench.get("tg64"):
         line = (f"Reference: llama-bench {args.threads} threads (flash_attn {bench.get('flash_attn')}): "
                 f"pp512 {bench.get('pp512', 0):.1f} tok/s, tg64 {bench['tg64']:.1f} tok/s")
-        if result.get("outpost_decode_over_tg64"):
-            line += f"; Outpost decode / tg64 = {result['outpost_decode_over_tg64']:.2f}x (goal >= 0.95x)"
-        if ls and ls.get("decode_tps"):
-            line += f"; llama-server decode / tg64 = {ls['decode_tps'] / bench['tg64']:.2f}x"
         print(line)
-        end = result.get("llama_bench_end") or {}
         if end.get("tg64"):
             drift = end["tg64"] / bench["tg64"] - 1
-            warn = " -- the machine's speed drifted: rerun before trusting the ratios" if abs(drift) > 0.05 else ""
+            warn = (" -- the machine's speed drifted: the rows compare the servers with each other fairly "
+                    "(interleaved), the tg64 ratios less so") if abs(drift) > 0.05 else ""
             print(f"llama-bench again after both servers: pp512 {end.get('pp512', 0):.1f} tok/s, tg64 "
                   f"{end['tg64']:.1f} tok/s ({drift * 100:+.1f} % decode){warn}")
+        ratios = []
+        if result.get("outpost_decode_over_tg64"):
+            ratios.append(f"Outpost decode / tg64 = {result['outpost_decode_over_tg64']:.2f}x (goal >= 0.95x)")
+        if ls and ls.get("decode_tps"):
+            ratios.append(f"llama-server decode / tg64 = {ls['decode_tps'] / tg64:.2f}x")
+        if ratios:
+            which = "the mean of both llama-bench runs" if bench.get("tg64_mean") else "llama-bench's tg64"
+            print(f"Against {which} ({tg64:.1f} tok/s): " + "; ".join(ratios))
     elif have_bench:
         print("Reference: llama-bench failed (see stderr)")
     else:

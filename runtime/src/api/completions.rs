@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::openai::{apply_sampling_extras, finish_reason, timings, usage, Extras, Meta, Stop};
+use super::openai::{
+    apply_sampling_basics, apply_sampling_extras, finish_reason, timings, usage, Basics, Extras, Meta, Stop,
+};
 use super::report::ROUTE_HEADER;
 use super::AppState;
 use crate::engine::{Event, Generate, Sampling};
@@ -89,28 +91,16 @@ impl CompletionRequest {
             return Err(invalid("echo", "echo is not supported"));
         }
         let mut s = Sampling::defaults(&state.config.generation);
-        if let Some(t) = self.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(invalid("temperature", "temperature must be between 0 and 2"));
-            }
-            s.temperature = t;
-        }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(invalid("top_p", "top_p must be in (0, 1]"));
-            }
-            s.top_p = p;
-        }
-        if let Some(k) = self.top_k {
-            s.top_k = k;
-        }
-        s.seed = self.seed.map(|seed| (seed as u64 ^ ((seed as u64) >> 32)) as u32);
-        if let Some(max) = self.max_tokens {
-            if max == 0 {
-                return Err(invalid("max_tokens", "max_tokens must be at least 1"));
-            }
-            s.max_tokens = max;
-        }
+        apply_sampling_basics(
+            &mut s,
+            Basics {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                seed: self.seed,
+                max_tokens: self.max_tokens,
+            },
+        )?;
         s.stop = match self.stop {
             None => Vec::new(),
             Some(Stop::One(x)) => vec![x],

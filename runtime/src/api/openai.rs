@@ -284,31 +284,16 @@ impl ChatRequest {
         }
 
         let mut sampling = Sampling::defaults(defaults);
-        if let Some(t) = self.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(invalid("temperature", "temperature must be between 0 and 2"));
-            }
-            sampling.temperature = t;
-        }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(invalid("top_p", "top_p must be in (0, 1]"));
-            }
-            sampling.top_p = p;
-        }
-        if let Some(k) = self.top_k {
-            sampling.top_k = k;
-        }
-        if let Some(seed) = self.seed {
-            // llama.cpp takes a 32-bit seed; larger seeds are folded, keeping them deterministic.
-            sampling.seed = Some((seed as u64 ^ ((seed as u64) >> 32)) as u32);
-        }
-        if let Some(max) = self.max_completion_tokens.or(self.max_tokens) {
-            if max == 0 {
-                return Err(invalid("max_tokens", "max_tokens must be at least 1"));
-            }
-            sampling.max_tokens = max;
-        }
+        apply_sampling_basics(
+            &mut sampling,
+            Basics {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                seed: self.seed,
+                max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            },
+        )?;
         sampling.stop = match self.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s],
@@ -380,6 +365,50 @@ impl ChatRequest {
             && self.tool_choice.as_ref().and_then(Value::as_str) != Some("none");
         active.then(|| self.parallel_tool_calls.unwrap_or(true))
     }
+}
+
+/// OpenAI's basic sampling options, shared by chat and text completions.
+pub struct Basics {
+    /// `temperature`, 0 to 2.
+    pub temperature: Option<f32>,
+    /// `top_p`, in (0, 1].
+    pub top_p: Option<f32>,
+    /// `top_k` (llama.cpp's; 0 = off).
+    pub top_k: Option<u32>,
+    /// `seed`.
+    pub seed: Option<i64>,
+    /// `max_tokens` (or chat's `max_completion_tokens`), at least 1.
+    pub max_tokens: Option<u32>,
+}
+
+/// Validates the basic options into `sampling`.
+pub fn apply_sampling_basics(sampling: &mut Sampling, b: Basics) -> Result<(), ApiError> {
+    if let Some(t) = b.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(invalid("temperature", "temperature must be between 0 and 2"));
+        }
+        sampling.temperature = t;
+    }
+    if let Some(p) = b.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(invalid("top_p", "top_p must be in (0, 1]"));
+        }
+        sampling.top_p = p;
+    }
+    if let Some(k) = b.top_k {
+        sampling.top_k = k;
+    }
+    if let Some(seed) = b.seed {
+        // llama.cpp takes a 32-bit seed; larger seeds are folded, keeping them deterministic.
+        sampling.seed = Some((seed as u64 ^ ((seed as u64) >> 32)) as u32);
+    }
+    if let Some(max) = b.max_tokens {
+        if max == 0 {
+            return Err(invalid("max_tokens", "max_tokens must be at least 1"));
+        }
+        sampling.max_tokens = max;
+    }
+    Ok(())
 }
 
 /// Sampling options beyond OpenAI's basic ones, shared by chat and text completions.

@@ -90,10 +90,12 @@ pub(super) fn sampler_for(model: &LlamaModel, s: &super::Sampling) -> Result<Req
         ));
     }
     let grammar = match &s.grammar {
-        Some(grammar) => Some(LlamaSampler::grammar(model, grammar, "root").map_err(|e| GenerateError::Invalid {
-            param: "grammar",
-            message: format!("llama.cpp cannot use this grammar: {e}"),
-        })?),
+        Some(grammar) => {
+            Some(LlamaSampler::grammar(model, grammar, "root").map_err(|e| GenerateError::Invalid {
+                param: "grammar",
+                message: format!("llama.cpp cannot use this grammar: {e}"),
+            })?)
+        }
         None => None,
     };
     if s.temperature <= 0.0 {
