@@ -123,7 +123,7 @@ impl ModelConfig {
     /// it (the CPU does). Off on the CPU was our default once (chosen on one Intel machine); on
     /// the AMD EPYC machines we measure on, attention without it took 14 % of decode time
     /// (`vec_dot_f16`) against ~7 % with it, and decode slowed with depth (docs/api.md,
-    /// README "Serving performance").
+    /// docs/performance.md step 1, README "Performance").
     pub fn flash_attention(&self) -> FlashAttention {
         self.flash_attention.unwrap_or(FlashAttention::Auto)
     }

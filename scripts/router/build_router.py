@@ -36,7 +36,8 @@ from router_graph import build_router_model, quantize_int8  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The shipped variant (chosen on grouped CV, see README.md).
+# The shipped variant (chosen on grouped CV, see scripts/router/README.md, "Variants";
+# summary in docs/routing.md, "The router").
 SPEC = {
     "version": "1.0.0",
     "truncation": {"strategy": "head", "max_tokens": 256},

@@ -1,4 +1,5 @@
-"""Reproduces the variant table in README.md (grouped CV and, for reference, random-row CV).
+"""Reproduces the variant table in scripts/router/README.md, "Variants" (grouped CV and, for
+reference, random-row CV).
 
     HF_HUB_OFFLINE=1 nice -n 10 python scripts/router/variants.py [--quick] > variants.txt
 
