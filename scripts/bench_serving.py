@@ -369,8 +369,9 @@ def measure(targets, w, args):
             log(f"  {name} prompt ~{size}: {p[size]['tps']:.1f} tok/s (prompt_n {p[size]['prompt_n']})")
 
     for name, runs in interleaved(targets, w["concurrent"], one_concurrent).items():
-        agg, slowest, tokens = [], [], []
+        agg, slowest, tokens, evaluated = [], [], [], []
         for results in runs:
+            evaluated.append([(r["timings"] or {}).get("prompt_n") for r in results])
             n = sum(completion_tokens(r) for r in results)
             wall = max(r["end"] for r in results) - min(r["start"] for r in results)
             agg.append(n / wall)
@@ -380,8 +381,9 @@ def measure(targets, w, args):
         m["concurrent_tps"] = median(agg)
         m["concurrent_slowest_first_ms"] = median(slowest) * 1000
         m["concurrent_tokens"] = tokens
+        m["concurrent_prompt_n"] = evaluated
         log(f"  {name} {args.parallel} streams: {m['concurrent_tps']:.1f} tok/s, slowest first token "
-            f"{m['concurrent_slowest_first_ms']:.0f} ms ({tokens})")
+            f"{m['concurrent_slowest_first_ms']:.0f} ms (prompt tokens evaluated {evaluated})")
 
     for name, runs in interleaved(targets, w["apps"], one_apps).items():
         cold, back, sys_n = [], [], []
@@ -398,7 +400,9 @@ def measure(targets, w, args):
 
     for name, rs in interleaved(targets, w["short"], one_decode).items():
         ms[name]["short_first_ms"] = median([r["first"] for r in rs]) * 1000
-        log(f"  {name} short prompt: first token {ms[name]['short_first_ms']:.0f} ms")
+        ms[name]["short_prompt_n"] = [(r["timings"] or {}).get("prompt_n") for r in rs]
+        log(f"  {name} short prompt: first token {ms[name]['short_first_ms']:.0f} ms "
+            f"(prompt tokens evaluated {ms[name]['short_prompt_n']})")
     return ms
 
 
