@@ -36,7 +36,8 @@ not know `api.parallel` yet is started again without it, and a note says so.
 
     scripts/bench_serving.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2 \\
         --parallel 4 [--outpost-bin target/release/outpost] [--llama-server PATH] \\
-        [--llama-bench PATH] [--runs N] [--max-tokens N] [--json]
+        [--llama-bench PATH] [--runs N] [--max-tokens N] [--json] \\
+        [--baseline-outpost-bin OLD]    # a third server, e.g. the build before a change
 
 llama-server and llama-bench default to ../refs/llama.cpp/build/bin next to the repository (what
 scripts/build_llama_reference.sh builds), else the PATH. Progress goes to stderr; the table (or,
@@ -204,14 +205,16 @@ def write_outpost_config(args, work, parallel):
     return config, sock_path
 
 
-def start_outpost(args, work):
+def start_outpost(args, work, binary=None):
     """(process, socket path, seconds to READY=1, notes). An Outpost build without `api.parallel`
     is started again without it (and the notes say so)."""
+    binary = binary or args.outpost_bin
+    os.makedirs(work, exist_ok=True)
     notes = []
     config, sock_path = write_outpost_config(args, work, parallel=True)
-    log(f"outpost: {args.outpost_bin} serve --config {config}")
+    log(f"outpost: {binary} serve --config {config}")
     try:
-        proc, ready = bs.start_daemon(args.outpost_bin, config, work)
+        proc, ready = bs.start_daemon(binary, config, work)
     except RuntimeError as err:
         if "api.parallel" not in str(err) and "`parallel`" not in str(err):
             raise
@@ -219,7 +222,7 @@ def start_outpost(args, work):
                      "at a time)")
         log(f"outpost: {notes[-1]}")
         config, sock_path = write_outpost_config(args, work, parallel=False)
-        proc, ready = bs.start_daemon(args.outpost_bin, config, work)
+        proc, ready = bs.start_daemon(binary, config, work)
     return proc, sock_path, ready, notes
 
 
@@ -468,6 +471,13 @@ def run_all(args, work, result, have_server, have_bench):
         procs.append(proc)
         log(f"outpost READY=1 after {ready * 1000:.0f} ms")
         targets["outpost"] = sock_path
+        base_notes = []
+        if args.baseline_outpost_bin:
+            proc, base_sock, ready, base_notes = start_outpost(args, os.path.join(work, "baseline"),
+                                                               args.baseline_outpost_bin)
+            procs.append(proc)
+            log(f"baseline outpost READY=1 after {ready * 1000:.0f} ms")
+            targets["baseline"] = base_sock
         ms = measure(targets, workload, args)
     finally:
         for proc in procs:
@@ -480,12 +490,12 @@ def run_all(args, work, result, have_server, have_bench):
         notes.append(f"Outpost answered the warm-up by route {op['warmup_route']!r}, not 'local'")
     op["flash_attn"] = args.flash_attn or "default (model.flash_attention unset: auto since 2026-12-07, off on the CPU before)"
     op["parallel"] = "unset (this build has no api.parallel)" if notes and "api.parallel" in notes[0] else str(args.parallel)
-    result["notes"] += notes
+    result["notes"] += notes + [f"baseline ({args.baseline_outpost_bin}): {n}" for n in base_notes]
     # The machine's speed can drift during the run (a shared VM). Interleaving spreads a drift over
     # both servers alike; llama-bench once more at the end shows how large it was.
     if have_bench:
         result["llama_bench_end"] = run_llama_bench(args)
-    return ls, op, sizer
+    return ls, op, sizer, ms.get("baseline")
 
 
 def main():
@@ -496,6 +506,8 @@ def main():
     ap.add_argument("--context", type=int, default=4096,
                     help="tokens per request (Outpost model.context; llama-server -c is this times --parallel)")
     ap.add_argument("--outpost-bin", default=os.path.join(ROOT, "target", "release", "outpost"))
+    ap.add_argument("--baseline-outpost-bin", help="another Outpost build (e.g. before a change) measured in the "
+                    "same interleaved run: its column and its ratio to llama-server are added")
     ap.add_argument("--llama-server", default=default_tool("llama-server"))
     ap.add_argument("--llama-bench", default=default_tool("llama-bench"))
     ap.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (medians are shown)")
@@ -531,21 +543,22 @@ def main():
               "notes": []}
 
     try:
-        ls, op, sizer = run_all(args, work, result, have_server, have_bench)
+        ls, op, sizer, base = run_all(args, work, result, have_server, have_bench)
     except BaseException:
         log(f"logs kept in {work} (llama-server.log, outpost.log)")
         raise
     shutil.rmtree(work, ignore_errors=True)
-    result["llama_server"], result["outpost"] = ls, op
+    result["llama_server"], result["outpost"], result["baseline"] = ls, op, base
     result["prompt_sizing"] = {"tokens_per_word": round(sizer.per_word, 3), "template_tokens": round(sizer.overhead, 1),
                                "measured_with_llama_server": sizer.measured}
 
     rows = rows_of(args, ls, op)
+    base_values = [row[3] for row in rows_of(args, ls, base)] if base else [None] * len(rows)
     result["rows"] = []
-    for key, label, a, b, kind in rows:
+    for (key, label, a, b, kind), c in zip(rows, base_values):
         ratio = b / a if a and b else None
         result["rows"].append({"key": key, "label": label, "llama_server": a, "outpost": b, "ratio": ratio,
-                               "kind": kind})
+                               "kind": kind, "baseline": c, "baseline_ratio": c / a if a and c else None})
     bench = dict(result["llama_bench"] or {})
     end = result.get("llama_bench_end") or {}
     if bench.get("tg64") and end.get("tg64"):
@@ -562,11 +575,20 @@ def main():
     print(f"Model {os.path.basename(args.model)} ({size_mib:.0f} MiB), {args.threads} threads, {args.parallel} "
           f"parallel, {args.context} tokens per request, max_tokens {args.max_tokens}, median of {args.runs} run(s)")
     print()
-    print("| measurement | llama-server | Outpost | Outpost / llama-server |")
-    print("|---|---:|---:|---:|")
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    if base:
+        print("| measurement | llama-server | Outpost | Outpost / llama-server | baseline Outpost | baseline / llama-server |")
+        print("|---|---:|---:|---:|---:|---:|")
+    else:
+        print("| measurement | llama-server | Outpost | Outpost / llama-server |")
+        print("|---|---:|---:|---:|")
     for r in result["rows"]:
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        print(f"| {r['label']} | {fmt(r['llama_server'], r['kind'])} | {fmt(r['outpost'], r['kind'])} | {ratio} |")
+        line = f"| {r['label']} | {fmt(r['llama_server'], r['kind'])} | {fmt(r['outpost'], r['kind'])} | {x(r['ratio'])} |"
+        if base:
+            line += f" {fmt(r['baseline'], r['kind'])} | {x(r['baseline_ratio'])} |"
+        print(line)
     print()
     print("Ratios of the ms rows are time ratios (below 1: Outpost sooner); of the tok/s rows, speed ratios "
           "(above 1: Outpost faster).")
